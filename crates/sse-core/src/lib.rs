@@ -1,0 +1,17 @@
+//! The pure logic of nginx-sse, free of nginx and of I/O so that it can be
+//! unit-tested with `cargo test`:
+//!
+//! - [`frame`]: the SSE wire format (events, retry, heartbeats);
+//! - [`channel`]: channel names and the channel lists clients ask for;
+//! - [`resp`]: the Redis protocol (replies in, commands out);
+//! - [`redis_url`]: the `sse_redis_url` value;
+//! - [`registry`]: which subscriber of a worker wants which channel;
+//! - [`backoff`]: reconnection delays.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod channel;
+pub mod frame;
+pub mod redis_url;
+pub mod registry;
+pub mod resp;
