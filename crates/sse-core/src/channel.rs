@@ -64,10 +64,20 @@ fn is_name_byte(b: u8) -> bool {
 pub enum ChannelError {
     /// No channel at all, or an empty item such as `a,,b`.
     Empty,
-    TooLong { len: usize },
-    InvalidByte { name: String, byte: u8 },
-    EmptySegment { name: String },
-    TooMany { count: usize, max: usize },
+    TooLong {
+        len: usize,
+    },
+    InvalidByte {
+        name: String,
+        byte: u8,
+    },
+    EmptySegment {
+        name: String,
+    },
+    TooMany {
+        count: usize,
+        max: usize,
+    },
     /// A `%` not followed by two hex digits.
     BadEscape,
 }
@@ -174,7 +184,14 @@ mod tests {
 
     #[test]
     fn accepts_documented_names() {
-        for ok in ["logs:w1:f1", "metrics:w1", "alerts:u42", "dashboards:7", "a", "A-b_c.d@e"] {
+        for ok in [
+            "logs:w1:f1",
+            "metrics:w1",
+            "alerts:u42",
+            "dashboards:7",
+            "a",
+            "A-b_c.d@e",
+        ] {
             assert!(ChannelName::parse(ok.as_bytes()).is_ok(), "{ok}");
         }
         assert!(ChannelName::parse("x".repeat(MAX_CHANNEL_LEN).as_bytes()).is_ok());
@@ -189,7 +206,10 @@ mod tests {
         ));
         for bad in ["a b", "a*", "a/b", "a\nb", "a%b", "é", "a\0", "a,b", "а"] {
             let err = ChannelName::parse(bad.as_bytes()).unwrap_err();
-            assert!(matches!(err, ChannelError::InvalidByte { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ChannelError::InvalidByte { .. }),
+                "{bad}: {err}"
+            );
         }
         for bad in [":a", "a:", "a::b", ":"] {
             assert!(matches!(
@@ -220,15 +240,24 @@ mod tests {
         assert_eq!(names(&list), ["logs:w1:f1", "metrics:w1"]);
         // Double encoding stays encoded, and '%' is not a name byte.
         assert!(parse_channel_list(&["a%252Cb"], 10).is_err());
-        assert_eq!(parse_channel_list(&["a%2"], 10), Err(ChannelError::BadEscape));
-        assert_eq!(parse_channel_list(&["a%zz"], 10), Err(ChannelError::BadEscape));
+        assert_eq!(
+            parse_channel_list(&["a%2"], 10),
+            Err(ChannelError::BadEscape)
+        );
+        assert_eq!(
+            parse_channel_list(&["a%zz"], 10),
+            Err(ChannelError::BadEscape)
+        );
     }
 
     #[test]
     fn list_refuses_empty_items_and_too_many() {
         assert_eq!(parse_channel_list(&["a,,b"], 10), Err(ChannelError::Empty));
         assert_eq!(parse_channel_list(&[""], 10), Err(ChannelError::Empty));
-        assert_eq!(parse_channel_list::<&str>(&[], 10), Err(ChannelError::Empty));
+        assert_eq!(
+            parse_channel_list::<&str>(&[], 10),
+            Err(ChannelError::Empty)
+        );
         assert_eq!(
             parse_channel_list(&["a,b,c"], 2),
             Err(ChannelError::TooMany { count: 3, max: 2 })

@@ -122,7 +122,11 @@ mod tests {
             if line.is_empty() {
                 if !data.is_empty() {
                     data.pop();
-                    events.push((std::mem::take(&mut name), std::mem::take(&mut data), id.clone()));
+                    events.push((
+                        std::mem::take(&mut name),
+                        std::mem::take(&mut data),
+                        id.clone(),
+                    ));
                 }
                 name.clear();
                 data.clear();
@@ -153,7 +157,10 @@ mod tests {
 
     #[test]
     fn single_line_payload() {
-        assert_eq!(event("logs:w1:f1", b"hello"), "event: logs:w1:f1\ndata: hello\n\n");
+        assert_eq!(
+            event("logs:w1:f1", b"hello"),
+            "event: logs:w1:f1\ndata: hello\n\n"
+        );
     }
 
     #[test]
@@ -194,7 +201,9 @@ mod tests {
             assert_eq!(parsed.len(), 1, "{frame:?}");
             assert_eq!(parsed[0].0, "c");
             assert_eq!(parsed[0].2, None, "id forged by {frame:?}");
-            let normalized = String::from_utf8_lossy(payload).replace("\r\n", "\n").replace('\r', "\n");
+            let normalized = String::from_utf8_lossy(payload)
+                .replace("\r\n", "\n")
+                .replace('\r', "\n");
             assert_eq!(parsed[0].1, normalized);
         }
     }

@@ -181,12 +181,27 @@ mod tests {
         assert_eq!(RedisUrl::parse("rediss://x"), Err(UrlError::Tls));
         assert_eq!(RedisUrl::parse("redis://"), Err(UrlError::NoHost));
         assert_eq!(RedisUrl::parse("redis://:6379"), Err(UrlError::NoHost));
-        assert_eq!(RedisUrl::parse("redis://h:0"), Err(UrlError::Port("0".into())));
-        assert_eq!(RedisUrl::parse("redis://h:99999"), Err(UrlError::Port("99999".into())));
-        assert_eq!(RedisUrl::parse("redis://h:x"), Err(UrlError::Port("x".into())));
-        assert_eq!(RedisUrl::parse("redis://h/abc"), Err(UrlError::Db("abc".into())));
+        assert_eq!(
+            RedisUrl::parse("redis://h:0"),
+            Err(UrlError::Port("0".into()))
+        );
+        assert_eq!(
+            RedisUrl::parse("redis://h:99999"),
+            Err(UrlError::Port("99999".into()))
+        );
+        assert_eq!(
+            RedisUrl::parse("redis://h:x"),
+            Err(UrlError::Port("x".into()))
+        );
+        assert_eq!(
+            RedisUrl::parse("redis://h/abc"),
+            Err(UrlError::Db("abc".into()))
+        );
         assert_eq!(RedisUrl::parse("redis://u:%zz@h"), Err(UrlError::Escape));
-        assert!(matches!(RedisUrl::parse("redis://h?x=1"), Err(UrlError::Extra(_))));
+        assert!(matches!(
+            RedisUrl::parse("redis://h?x=1"),
+            Err(UrlError::Extra(_))
+        ));
         assert!(RedisUrl::parse("redis://h:6379").is_ok());
     }
 }

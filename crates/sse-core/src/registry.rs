@@ -93,7 +93,9 @@ mod tests {
     use super::*;
 
     fn names(list: &[&str]) -> Vec<ChannelName> {
-        list.iter().map(|n| ChannelName::parse(n.as_bytes()).unwrap()).collect()
+        list.iter()
+            .map(|n| ChannelName::parse(n.as_bytes()).unwrap())
+            .collect()
     }
 
     fn strs(list: Vec<&ChannelName>) -> Vec<&str> {

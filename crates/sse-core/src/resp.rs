@@ -55,7 +55,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value<'_>, usize)>, ProtocolError> {
     parse_at(buf, 0, 0)
 }
 
-fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Value<'_>, usize)>, ProtocolError> {
+fn parse_at(
+    buf: &[u8],
+    pos: usize,
+    depth: usize,
+) -> Result<Option<(Value<'_>, usize)>, ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError("nesting too deep"));
     }
@@ -147,10 +151,17 @@ pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PubSubReply<'a> {
     /// A message published on a channel we subscribed to.
-    Message { channel: &'a [u8], payload: &'a [u8] },
+    Message {
+        channel: &'a [u8],
+        payload: &'a [u8],
+    },
     /// Confirmation of SUBSCRIBE / UNSUBSCRIBE (one per channel).
-    Subscribed { channel: &'a [u8] },
-    Unsubscribed { channel: &'a [u8] },
+    Subscribed {
+        channel: &'a [u8],
+    },
+    Unsubscribed {
+        channel: &'a [u8],
+    },
     /// `+OK` of AUTH / SELECT, `PONG`, anything else that is not an error.
     Ack,
     /// A `-ERR ...` reply.
@@ -164,7 +175,11 @@ pub struct UnexpectedReply(pub String);
 
 impl fmt::Display for UnexpectedReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unexpected reply on the subscriber connection: {}", self.0)
+        write!(
+            f,
+            "unexpected reply on the subscriber connection: {}",
+            self.0
+        )
     }
 }
 
@@ -178,12 +193,22 @@ pub fn pubsub_reply<'a>(value: &Value<'a>) -> Result<PubSubReply<'a>, Unexpected
     };
     let bytes: Vec<Option<&[u8]>> = items.iter().map(Value::as_bytes).collect();
     match bytes.as_slice() {
-        [Some(b"message"), Some(channel), Some(payload)] => Ok(PubSubReply::Message { channel, payload }),
+        [Some(b"message"), Some(channel), Some(payload)] => {
+            Ok(PubSubReply::Message { channel, payload })
+        }
         [Some(b"subscribe"), Some(channel), _] => Ok(PubSubReply::Subscribed { channel }),
         [Some(b"unsubscribe"), Some(channel), _] => Ok(PubSubReply::Unsubscribed { channel }),
         // PING in subscribe mode answers ["pong", ""].
         [Some(b"pong"), ..] => Ok(PubSubReply::Ack),
-        _ => Err(UnexpectedReply(format!("{} element(s), kind {:?}", items.len(), bytes.first().copied().flatten().map(String::from_utf8_lossy)))),
+        _ => Err(UnexpectedReply(format!(
+            "{} element(s), kind {:?}",
+            items.len(),
+            bytes
+                .first()
+                .copied()
+                .flatten()
+                .map(String::from_utf8_lossy)
+        ))),
     }
 }
 
@@ -199,7 +224,10 @@ mod tests {
 
     #[test]
     fn encodes_commands_as_bulk_arrays() {
-        assert_eq!(cmd(&["SUBSCRIBE", "a:b"]), b"*2\r\n$9\r\nSUBSCRIBE\r\n$3\r\na:b\r\n");
+        assert_eq!(
+            cmd(&["SUBSCRIBE", "a:b"]),
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$3\r\na:b\r\n"
+        );
         assert_eq!(cmd(&[""]), b"*1\r\n$0\r\n\r\n");
     }
 
@@ -216,7 +244,10 @@ mod tests {
     #[test]
     fn bulk_may_contain_crlf_and_binary() {
         let buf = b"$6\r\na\r\n\0\xff\n\r\n";
-        assert_eq!(parse(buf), Ok(Some((Value::Bulk(Some(b"a\r\n\0\xff\n")), buf.len()))));
+        assert_eq!(
+            parse(buf),
+            Ok(Some((Value::Bulk(Some(b"a\r\n\0\xff\n")), buf.len())))
+        );
     }
 
     #[test]
@@ -229,7 +260,10 @@ mod tests {
         assert_eq!(used, msg.len());
         assert_eq!(
             pubsub_reply(&value),
-            Ok(PubSubReply::Message { channel: b"chan", payload: b"hello\r\nworld" })
+            Ok(PubSubReply::Message {
+                channel: b"chan",
+                payload: b"hello\r\nworld"
+            })
         );
     }
 
@@ -254,10 +288,20 @@ mod tests {
 
     #[test]
     fn subscribe_confirmations_and_errors() {
-        let (v, _) = parse(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n").unwrap().unwrap();
-        assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Subscribed { channel: b"a" }));
-        let (v, _) = parse(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n").unwrap().unwrap();
-        assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Unsubscribed { channel: b"a" }));
+        let (v, _) = parse(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pubsub_reply(&v),
+            Ok(PubSubReply::Subscribed { channel: b"a" })
+        );
+        let (v, _) = parse(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pubsub_reply(&v),
+            Ok(PubSubReply::Unsubscribed { channel: b"a" })
+        );
         let (v, _) = parse(b"-NOAUTH x\r\n").unwrap().unwrap();
         assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Error(b"NOAUTH x")));
     }

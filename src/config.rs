@@ -1,0 +1,400 @@
+//! Configuration: the directive table, the typed main and location
+//! configurations, and the handlers of directives that nginx's stock slot
+//! setters cannot parse.
+//!
+//! | directive          | context                 | stored in               |
+//! |--------------------|-------------------------|-------------------------|
+//! | `sse_redis_url`    | http                    | [`MainConf::redis`]     |
+//! | `sse_channel`      | location                | [`LocConf::channels`]   |
+//! | `sse_heartbeat`    | http, server, location  | [`LocConf::heartbeat`]  |
+//! | `sse_retry`        | http, server, location  | [`LocConf::retry`]      |
+//! | `sse_max_backlog`  | http, server, location  | [`LocConf::max_backlog`]|
+//! | `sse_max_channels` | http, server, location  | [`LocConf::max_channels`]|
+
+use std::ffi::{c_char, c_void};
+use std::mem::offset_of;
+use std::ptr::{self, addr_of_mut};
+
+use ngx::core::NGX_CONF_ERROR;
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_check_num_bounds, ngx_conf_num_bounds_t, ngx_conf_set_msec_slot,
+    ngx_conf_set_num_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
+    ngx_parse_url, ngx_pcalloc, ngx_str_t, ngx_uint_t, ngx_url_t, NGX_CONF_1MORE, NGX_CONF_TAKE1,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
+};
+use ngx::{ngx_conf_log_error, ngx_string};
+use sse_core::channel::{self, ChannelName};
+use sse_core::redis_url::RedisUrl;
+
+use crate::ngx_ext::{conf_args, NgxStrExt};
+use crate::stream;
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
+pub const DEFAULT_RETRY_MS: ngx_msec_t = 3_000;
+pub const DEFAULT_MAX_BACKLOG: usize = 1024 * 1024;
+pub const DEFAULT_MAX_CHANNELS: ngx_int_t = 32;
+/// Upper bound of `sse_max_channels`: a connection is one fan-out entry per
+/// channel, and a request line this long would not fit nginx's buffers anyway.
+pub const MAX_MAX_CHANNELS: ngx_int_t = 1024;
+
+// nginx's "not set" markers (NGX_CONF_UNSET_*), which the slot setters test.
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_SIZE: usize = usize::MAX;
+const UNSET_NUM: ngx_int_t = -1;
+
+/// Where the worker's Redis connection goes: the parsed URL and the address
+/// nginx resolved for it at configuration time (as for `proxy_pass`).
+pub struct RedisTarget {
+    pub url: RedisUrl,
+    pub sockaddr: *mut ngx::ffi::sockaddr,
+    pub socklen: ngx::ffi::socklen_t,
+    /// `host:port` text for log lines; lives in the configuration pool.
+    pub name: ngx_str_t,
+}
+
+/// http-level configuration.
+#[derive(Default)]
+pub struct MainConf {
+    /// Set by `sse_redis_url`, or the default in [`init_main_conf`].
+    pub redis: Option<RedisTarget>,
+    /// Whether any location uses `sse_channel`: if none does, workers do not
+    /// open a Redis connection at all.
+    pub used: bool,
+}
+
+/// location-level configuration. Fields other than `channels` use nginx's
+/// slot setters, hence the C types and the UNSET markers.
+pub struct LocConf {
+    /// The compiled values of `sse_channel`; empty: not an SSE location.
+    pub channels: Vec<*mut ngx_http_complex_value_t>,
+    pub heartbeat: ngx_msec_t,
+    pub retry: ngx_msec_t,
+    pub max_backlog: usize,
+    pub max_channels: ngx_int_t,
+}
+
+impl Default for LocConf {
+    fn default() -> Self {
+        LocConf {
+            channels: Vec::new(),
+            heartbeat: UNSET_MSEC,
+            retry: UNSET_MSEC,
+            max_backlog: UNSET_SIZE,
+            max_channels: UNSET_NUM,
+        }
+    }
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        // sse_channel is not inherited: a nested location is an SSE endpoint
+        // only if it says so itself (its content handler is its own).
+        merge(
+            &mut self.heartbeat,
+            prev.heartbeat,
+            UNSET_MSEC,
+            DEFAULT_HEARTBEAT_MS,
+        );
+        merge(&mut self.retry, prev.retry, UNSET_MSEC, DEFAULT_RETRY_MS);
+        merge(
+            &mut self.max_backlog,
+            prev.max_backlog,
+            UNSET_SIZE,
+            DEFAULT_MAX_BACKLOG,
+        );
+        merge(
+            &mut self.max_channels,
+            prev.max_channels,
+            UNSET_NUM,
+            DEFAULT_MAX_CHANNELS,
+        );
+        Ok(())
+    }
+}
+
+fn merge<T: PartialEq + Copy>(this: &mut T, prev: T, unset: T, default: T) {
+    if *this == unset {
+        *this = if prev == unset { default } else { prev };
+    }
+}
+
+static mut MAX_CHANNELS_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
+    post_handler: Some(ngx_conf_check_num_bounds),
+    low: 1,
+    high: MAX_MAX_CHANNELS,
+};
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+pub static mut COMMANDS: [ngx_command_t; 7] = [
+    ngx_command_t {
+        name: ngx_string!("sse_redis_url"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_redis_url),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_channel"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set_channel),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_heartbeat"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_heartbeat),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, heartbeat),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_retry"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_msec_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, retry),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_max_backlog"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_size_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, max_backlog),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_max_channels"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_num_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, max_channels),
+        // Only the address is taken; nginx reads the bounds at configuration
+        // time on its single thread.
+        post: addr_of_mut!(MAX_CHANNELS_BOUNDS) as *mut c_void,
+    },
+    ngx_command_t::empty(),
+];
+
+/// A configuration error, turned into an `nginx -t` message that names the
+/// directive and the offending value.
+enum ConfError {
+    BadRedisUrl(String, sse_core::redis_url::UrlError),
+    Unresolvable(String, String),
+    BadChannel(String, channel::ChannelError),
+    BadComplexValue(String),
+    Duplicate,
+}
+
+impl ConfError {
+    fn report(&self, cf: *mut ngx_conf_t, directive: &str) -> *mut c_char {
+        match self {
+            ConfError::BadRedisUrl(value, err) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{directive}\": URL \"{value}\" {err}");
+            }
+            ConfError::Unresolvable(value, err) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"{directive}\": cannot resolve \"{value}\": {err}"
+                );
+            }
+            ConfError::BadChannel(value, err) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"{directive}\": invalid channel \"{value}\": {err}"
+                );
+            }
+            ConfError::BadComplexValue(value) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"{directive}\": cannot compile \"{value}\""
+                );
+            }
+            ConfError::Duplicate => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{directive}\" directive is duplicate");
+            }
+        }
+        NGX_CONF_ERROR as *mut c_char
+    }
+}
+
+/// Parses the URL and resolves its host once, with nginx's own resolver for
+/// configuration-time names (`ngx_parse_url`, as `proxy_pass` does).
+unsafe fn redis_target(cf: *mut ngx_conf_t, value: &str) -> Result<RedisTarget, ConfError> {
+    let url = RedisUrl::parse(value).map_err(|e| ConfError::BadRedisUrl(value.to_string(), e))?;
+    let address = url.address();
+    // SAFETY: ngx_url_t is a plain C struct for which all-zero is the
+    // documented initial state; the pool outlives the configuration.
+    let mut u: ngx_url_t = unsafe { std::mem::zeroed() };
+    u.url = unsafe { ngx_str_t::from_bytes((*cf).pool, address.as_bytes()) }
+        .ok_or_else(|| ConfError::Unresolvable(address.clone(), "out of memory".into()))?;
+    u.default_port = sse_core::redis_url::DEFAULT_PORT;
+    // SAFETY: `u` is initialised above and the pool is the cycle's.
+    if unsafe { ngx_parse_url((*cf).pool, &mut u) } != NGX_OK as ngx_int_t || u.naddrs == 0 {
+        let err = if u.err.is_null() {
+            "no address".to_string()
+        } else {
+            // SAFETY: nginx sets `err` to a static NUL-terminated string.
+            unsafe { std::ffi::CStr::from_ptr(u.err) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(ConfError::Unresolvable(address, err));
+    }
+    // SAFETY: naddrs > 0, so addrs points to at least one resolved address,
+    // allocated from the configuration pool.
+    let addr = unsafe { &*u.addrs };
+    Ok(RedisTarget {
+        url,
+        sockaddr: addr.sockaddr,
+        socklen: addr.socklen,
+        name: addr.name,
+    })
+}
+
+extern "C" fn set_redis_url(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration for an
+    // NGX_HTTP_MAIN_CONF_OFFSET directive, and the directive's arguments.
+    let (main, args) = unsafe { (&mut *(conf as *mut MainConf), conf_args(cf)) };
+    if main.redis.is_some() {
+        return ConfError::Duplicate.report(cf, "sse_redis_url");
+    }
+    let value = args[1].to_string_lossy();
+    // SAFETY: called at configuration time with nginx's conf context.
+    match unsafe { redis_target(cf, &value) } {
+        Ok(target) => {
+            main.redis = Some(target);
+            ptr::null_mut()
+        }
+        Err(e) => e.report(cf, "sse_redis_url"),
+    }
+}
+
+/// Fills in the default Redis URL when `sse_redis_url` is absent.
+pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes the main configuration this module created.
+    let main = unsafe { &mut *(conf as *mut MainConf) };
+    if main.redis.is_none() {
+        // SAFETY: configuration time, nginx's conf context.
+        match unsafe { redis_target(cf, DEFAULT_REDIS_URL) } {
+            Ok(target) => main.redis = Some(target),
+            Err(e) => return e.report(cf, "sse_redis_url"),
+        }
+    }
+    ptr::null_mut()
+}
+
+extern "C" fn set_channel(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration for an
+    // NGX_HTTP_LOC_CONF_OFFSET directive.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if !lcf.channels.is_empty() {
+        return ConfError::Duplicate.report(cf, "sse_channel");
+    }
+    // SAFETY: the arguments of the directive being parsed.
+    let args = unsafe { conf_args(cf) };
+    for arg in &args[1..] {
+        // SAFETY: compiling a complex value is what this struct is for; the
+        // zeroed struct is its documented initial state, and the value is
+        // allocated from the configuration pool.
+        let cv = match unsafe { compile_complex_value(cf, arg) } {
+            Some(cv) => cv,
+            None => {
+                return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf, "sse_channel")
+            }
+        };
+        // A value without variables is checked now, so a typo fails `nginx -t`
+        // instead of every request.
+        // SAFETY: cv was just compiled by nginx.
+        if unsafe { (*cv).lengths.is_null() } {
+            if let Err(e) = channel::parse_channel_list(&[arg.as_bytes()], usize::MAX) {
+                return ConfError::BadChannel(arg.to_string_lossy(), e).report(cf, "sse_channel");
+            }
+        }
+        lcf.channels.push(cv);
+    }
+
+    // SAFETY: `cf` is the configuration being parsed, in a location block.
+    unsafe {
+        if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) {
+            clcf.handler = Some(stream::content_handler);
+        }
+        if let Some(main) = crate::SseModule::main_conf_mut(&*cf) {
+            main.used = true;
+        }
+    }
+    ptr::null_mut()
+}
+
+unsafe fn compile_complex_value(
+    cf: *mut ngx_conf_t,
+    value: &ngx_str_t,
+) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: see set_channel.
+    unsafe {
+        let cv = ngx_pcalloc((*cf).pool, size_of::<ngx_http_complex_value_t>())
+            as *mut ngx_http_complex_value_t;
+        if cv.is_null() {
+            return None;
+        }
+        let mut value = *value;
+        let mut ccv: ngx_http_compile_complex_value_t = std::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        (ngx_http_compile_complex_value(&mut ccv) == NGX_OK as ngx_int_t).then_some(cv)
+    }
+}
+
+/// `sse_heartbeat TIME | off;` — nginx's msec slot plus the word `off`.
+extern "C" fn set_heartbeat(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration and the
+    // directive's arguments.
+    let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
+    if args[1].as_bytes() == b"off" {
+        if lcf.heartbeat != UNSET_MSEC {
+            return ConfError::Duplicate.report(cf, "sse_heartbeat");
+        }
+        lcf.heartbeat = 0;
+        return ptr::null_mut();
+    }
+    // SAFETY: same arguments as nginx passed to us.
+    unsafe { ngx_conf_set_msec_slot(cf, cmd, conf) }
+}
+
+impl LocConf {
+    /// Evaluates the `sse_channel` values for one request and validates the
+    /// resulting channel list.
+    pub fn channels_for(
+        &self,
+        values: &[&[u8]],
+    ) -> Result<Vec<ChannelName>, channel::ChannelError> {
+        let max = usize::try_from(self.max_channels).unwrap_or(1);
+        channel::parse_channel_list(values, max)
+    }
+}

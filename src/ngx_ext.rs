@@ -1,0 +1,74 @@
+//! Small, safe-to-call wrappers around the raw nginx FFI that the rest of the
+//! module would otherwise repeat.
+
+use std::borrow::Cow;
+use std::ptr;
+
+use ngx::ffi::{
+    ngx_array_t, ngx_conf_t, ngx_cycle, ngx_http_request_t, ngx_list_push, ngx_log_t, ngx_str_t,
+    ngx_table_elt_t,
+};
+
+pub trait NgxStrExt {
+    fn to_string_lossy(&self) -> String;
+}
+
+impl NgxStrExt for ngx_str_t {
+    fn to_string_lossy(&self) -> String {
+        match String::from_utf8_lossy(self.as_bytes()) {
+            Cow::Borrowed(s) => s.to_string(),
+            Cow::Owned(s) => s,
+        }
+    }
+}
+
+/// The arguments of the directive being parsed; `[0]` is its name.
+///
+/// # Safety
+/// `cf` must be the configuration passed to a directive handler.
+pub unsafe fn conf_args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: nginx sets `cf->args` to an array of ngx_str_t for each directive.
+    unsafe {
+        let args: &ngx_array_t = &*(*cf).args;
+        args.as_slice()
+    }
+}
+
+/// A `&'static str` as an ngx_str_t (nginx never writes through it).
+pub fn static_str(s: &'static str) -> ngx_str_t {
+    ngx_str_t {
+        len: s.len(),
+        data: s.as_ptr() as *mut u8,
+    }
+}
+
+/// Adds a response header whose name and value are static strings.
+///
+/// # Safety
+/// `r` must be a live request whose headers have not been sent yet.
+pub unsafe fn add_static_header(
+    r: *mut ngx_http_request_t,
+    key: &'static str,
+    value: &'static str,
+) -> bool {
+    // SAFETY: headers_out.headers is an ngx_list_t of ngx_table_elt_t.
+    unsafe {
+        let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
+        if h.is_null() {
+            return false;
+        }
+        // Zeroing also clears `next`, which exists from nginx 1.23 on.
+        ptr::write_bytes(h, 0, 1);
+        (*h).hash = 1;
+        (*h).key = static_str(key);
+        (*h).value = static_str(value);
+    }
+    true
+}
+
+/// The cycle's log, for events that belong to no request.
+pub fn cycle_log() -> *mut ngx_log_t {
+    // SAFETY: ngx_cycle is set before any module code runs and is only read
+    // on the worker's (single) thread.
+    unsafe { (*ngx_cycle).log }
+}

@@ -1,0 +1,523 @@
+//! The Redis bridge: one non-blocking pub/sub connection per worker, driven
+//! by nginx's own event loop (no thread, no async runtime).
+//!
+//! States: `Down` (waiting for the reconnect timer) → `Connecting` (TCP
+//! handshake in progress) → `Ready` (AUTH and SUBSCRIBE sent, messages
+//! flowing) → back to `Down` on any failure, with exponential backoff.
+//! Each transition is logged once, never each attempt. After a reconnect
+//! every channel of the registry is subscribed again; messages published
+//! while the connection was down are not delivered (pub/sub is at most once).
+
+use std::ffi::c_void;
+use std::ptr;
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_close_connection, ngx_connection_t, ngx_del_timer, ngx_event_connect_peer,
+    ngx_event_get_peer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t,
+    ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_post_event, ngx_posted_events, ngx_random,
+    ngx_str_t, NGX_AGAIN, NGX_LOG_CRIT, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+};
+use ngx::ngx_log_error;
+use sse_core::backoff::Backoff;
+use sse_core::channel::ChannelName;
+use sse_core::resp::{self, PubSubReply};
+
+use crate::config::RedisTarget;
+use crate::ngx_ext::cycle_log;
+use crate::worker;
+
+const CONNECT_TIMEOUT_MS: ngx_msec_t = 3_000;
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
+/// A PING goes out at this interval; no byte back by the next one means the
+/// connection is dead even though TCP has not noticed.
+const PING_INTERVAL_MS: ngx_msec_t = 15_000;
+/// Bytes read per event before yielding to the rest of the event loop.
+const READ_BUDGET: usize = 1024 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// Channels per SUBSCRIBE command when resubscribing many at once.
+const SUBSCRIBE_BATCH: usize = 512;
+
+/// What the bridge needs from the fan-out side.
+pub trait Subscriptions {
+    fn message(&mut self, channel: &[u8], payload: &[u8]);
+    fn channels(&self) -> Vec<Vec<u8>>;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum RedisEvent {
+    Start,
+    Readable,
+    Writable,
+    Reconnect,
+    Ping,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Down,
+    Connecting,
+    Ready,
+    Closed,
+}
+
+pub struct RedisBridge {
+    state: State,
+    sockaddr: *mut ngx::ffi::sockaddr,
+    socklen: ngx::ffi::socklen_t,
+    name: ngx_str_t,
+    /// The AUTH command, ready to send, if the URL has credentials.
+    auth: Option<Vec<u8>>,
+    conn: *mut ngx_connection_t,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    reconnect: ngx_event_t,
+    ping: ngx_event_t,
+    /// Nothing received since the last PING.
+    awaiting_pong: bool,
+    backoff: Backoff,
+    /// A failure was logged and no success since: do not log again.
+    failure_logged: bool,
+    ever_connected: bool,
+    /// The last error reply logged, to log each distinct one once.
+    last_error: Vec<u8>,
+    /// A copy of the cycle log at CRIT level, given to nginx's connect code
+    /// so that each failed attempt does not log a line of its own.
+    quiet_log: ngx_log_t,
+}
+
+impl RedisBridge {
+    pub fn new(target: &RedisTarget) -> Option<Box<Self>> {
+        let auth = target.url.password.as_ref().map(|password| {
+            let mut cmd = Vec::new();
+            match &target.url.username {
+                Some(user) => {
+                    resp::encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password.as_bytes()])
+                }
+                None => resp::encode_command(&mut cmd, &[b"AUTH", password.as_bytes()]),
+            }
+            cmd
+        });
+        // SAFETY: the cycle log is valid for the worker's life; ngx_event_t
+        // is a C struct for which all-zero is the initial state.
+        let mut bridge = unsafe {
+            Box::new(RedisBridge {
+                state: State::Down,
+                sockaddr: target.sockaddr,
+                socklen: target.socklen,
+                name: target.name,
+                auth,
+                conn: ptr::null_mut(),
+                rbuf: Vec::with_capacity(READ_CHUNK),
+                wbuf: Vec::new(),
+                wpos: 0,
+                reconnect: std::mem::zeroed(),
+                ping: std::mem::zeroed(),
+                awaiting_pong: false,
+                backoff: Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS),
+                failure_logged: false,
+                ever_connected: false,
+                last_error: Vec::new(),
+                quiet_log: *cycle_log(),
+            })
+        };
+        bridge.quiet_log.log_level = NGX_LOG_CRIT as usize;
+        let log = cycle_log();
+        for (ev, handler) in [
+            (
+                &mut bridge.reconnect,
+                reconnect_handler as unsafe extern "C" fn(*mut ngx_event_t),
+            ),
+            (&mut bridge.ping, ping_handler),
+        ] {
+            ev.handler = Some(handler);
+            ev.log = log;
+            // Our timers never keep an exiting worker alive.
+            ev.set_cancelable(1);
+        }
+        Some(bridge)
+    }
+
+    fn address(&self) -> String {
+        String::from_utf8_lossy(self.name.as_bytes()).into_owned()
+    }
+
+    pub fn handle(
+        &mut self,
+        event: RedisEvent,
+        ev: *mut ngx_event_t,
+        subs: &mut dyn Subscriptions,
+    ) {
+        match (event, self.state) {
+            (_, State::Closed) => {}
+            (RedisEvent::Start | RedisEvent::Reconnect, State::Down) => self.connect(subs),
+            (RedisEvent::Writable, State::Connecting) => self.finish_connect(ev, subs),
+            (RedisEvent::Writable, State::Ready) => self.write_out(),
+            (RedisEvent::Readable, State::Ready) => self.read(ev, subs),
+            (RedisEvent::Ping, State::Ready) => self.ping(),
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self, subs: &mut dyn Subscriptions) {
+        // SAFETY: all-zero is the initial state of ngx_peer_connection_t; the
+        // address and name live in the configuration pool for the cycle.
+        unsafe {
+            let mut pc: ngx_peer_connection_t = std::mem::zeroed();
+            pc.sockaddr = self.sockaddr;
+            pc.socklen = self.socklen;
+            pc.name = &mut self.name;
+            pc.get = Some(ngx_event_get_peer);
+            pc.log = &mut self.quiet_log;
+            pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_INFO);
+            pc.tries = 1;
+            let rc = ngx_event_connect_peer(&mut pc);
+            if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+                let err = std::io::Error::last_os_error();
+                self.conn = pc.connection;
+                self.failed(&format!("connect() failed: {err}"));
+                return;
+            }
+            let c = pc.connection;
+            let log = cycle_log();
+            (*c).log = log;
+            (*(*c).read).log = log;
+            (*(*c).write).log = log;
+            (*(*c).read).handler = Some(read_handler);
+            (*(*c).write).handler = Some(write_handler);
+            (*c).data = ptr::null_mut();
+            self.conn = c;
+            if rc == NGX_AGAIN as ngx_int_t {
+                self.state = State::Connecting;
+                ngx_add_timer((*c).write, CONNECT_TIMEOUT_MS);
+                return;
+            }
+        }
+        self.connected(subs);
+    }
+
+    fn finish_connect(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Subscriptions) {
+        // SAFETY: `ev` is the write event of our live connection.
+        unsafe {
+            if (*ev).timedout() != 0 {
+                self.failed("connect timed out");
+                return;
+            }
+            if (*ev).timer_set() != 0 {
+                ngx_del_timer(ev);
+            }
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                (*self.conn).fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut c_void,
+                &mut len,
+            );
+            if rc == -1 || err != 0 {
+                let err = if rc == -1 {
+                    std::io::Error::last_os_error()
+                } else {
+                    std::io::Error::from_raw_os_error(err)
+                };
+                self.failed(&format!("connect() failed: {err}"));
+                return;
+            }
+        }
+        self.connected(subs);
+    }
+
+    /// TCP is up: authenticate, subscribe everything the registry holds.
+    fn connected(&mut self, subs: &mut dyn Subscriptions) {
+        self.state = State::Ready;
+        self.backoff.reset();
+        self.awaiting_pong = false;
+        self.last_error.clear();
+        let channels = subs.channels();
+        let log = cycle_log();
+        if !self.ever_connected {
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "sse: connected to redis at {}",
+                self.address()
+            );
+        } else {
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "sse: reconnected to redis at {}, resubscribing {} channel(s)",
+                self.address(),
+                channels.len()
+            );
+        }
+        self.ever_connected = true;
+        self.failure_logged = false;
+        self.wbuf.clear();
+        self.wpos = 0;
+        if let Some(auth) = &self.auth {
+            self.wbuf.extend_from_slice(auth);
+        }
+        for batch in channels.chunks(SUBSCRIBE_BATCH) {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(batch.iter().map(Vec::as_slice));
+            resp::encode_command(&mut self.wbuf, &args);
+        }
+        // SAFETY: the ping timer is ours; the bridge outlives it.
+        unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
+        self.write_out();
+    }
+
+    pub fn subscribe(&mut self, channels: &[&ChannelName]) {
+        self.command(b"SUBSCRIBE", channels);
+    }
+
+    pub fn unsubscribe(&mut self, channels: &[&ChannelName]) {
+        self.command(b"UNSUBSCRIBE", channels);
+    }
+
+    fn command(&mut self, name: &[u8], channels: &[&ChannelName]) {
+        // Not connected: the full resubscription on connect covers it.
+        if self.state != State::Ready {
+            return;
+        }
+        let mut args: Vec<&[u8]> = vec![name];
+        args.extend(channels.iter().map(|c| c.as_bytes()));
+        resp::encode_command(&mut self.wbuf, &args);
+        self.write_out();
+    }
+
+    fn ping(&mut self) {
+        if self.awaiting_pong {
+            self.lost("no answer to PING");
+            return;
+        }
+        self.awaiting_pong = true;
+        resp::encode_command(&mut self.wbuf, &[b"PING"]);
+        // SAFETY: the ping timer is ours.
+        unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
+        self.write_out();
+    }
+
+    fn write_out(&mut self) {
+        let c = self.conn;
+        // SAFETY: Ready implies a live connection; `send` writes at most the
+        // given length from our buffer.
+        unsafe {
+            while self.wpos < self.wbuf.len() {
+                let Some(send) = (*c).send else {
+                    return self.lost("connection cannot send");
+                };
+                let rest = &self.wbuf[self.wpos..];
+                let n = send(c, rest.as_ptr() as *mut u8, rest.len());
+                if n > 0 {
+                    self.wpos += n as usize;
+                } else if n == NGX_AGAIN as isize {
+                    if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
+                        self.lost("cannot wait for write");
+                    }
+                    return;
+                } else {
+                    return self.lost("send() failed");
+                }
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+    }
+
+    fn read(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Subscriptions) {
+        let c = self.conn;
+        let mut budget = READ_BUDGET;
+        // SAFETY: Ready implies a live connection; `recv` writes at most the
+        // spare capacity we pass, which we then mark initialised.
+        unsafe {
+            loop {
+                if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                    self.rbuf.reserve(READ_CHUNK);
+                }
+                let spare = self.rbuf.capacity() - self.rbuf.len();
+                let Some(recv) = (*c).recv else {
+                    return self.lost("connection cannot receive");
+                };
+                let n = recv(c, self.rbuf.as_mut_ptr().add(self.rbuf.len()), spare);
+                if n == NGX_AGAIN as isize {
+                    break;
+                }
+                if n == 0 {
+                    return self.lost("closed by redis");
+                }
+                if n < 0 {
+                    return self.lost("recv() failed");
+                }
+                self.rbuf.set_len(self.rbuf.len() + n as usize);
+                self.awaiting_pong = false;
+                if !self.dispatch(subs) {
+                    return;
+                }
+                budget = budget.saturating_sub(n as usize);
+                if budget == 0 && (*ev).ready() != 0 {
+                    // Let client writes and timers run; continue next turn.
+                    ngx_post_event(ev, &raw mut ngx_posted_events);
+                    return;
+                }
+            }
+            if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
+                self.lost("cannot wait for read");
+            }
+        }
+    }
+
+    /// Handles every complete reply in the read buffer. Returns false if the
+    /// connection was dropped.
+    fn dispatch(&mut self, subs: &mut dyn Subscriptions) -> bool {
+        let mut used = 0;
+        loop {
+            let value = match resp::parse(&self.rbuf[used..]) {
+                Ok(Some((value, n))) => {
+                    used += n;
+                    value
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.lost(&reason);
+                    return false;
+                }
+            };
+            match resp::pubsub_reply(&value) {
+                Ok(PubSubReply::Message { channel, payload }) => subs.message(channel, payload),
+                Ok(PubSubReply::Error(msg)) => {
+                    let msg = msg.to_vec();
+                    self.error_reply(&msg);
+                    return false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        cycle_log(),
+                        "sse: redis at {}: skipped: {}",
+                        self.address(),
+                        e
+                    );
+                }
+            }
+        }
+        self.rbuf.drain(..used);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
+            // A huge message passed: give the memory back.
+            self.rbuf = Vec::with_capacity(READ_CHUNK);
+        }
+        true
+    }
+
+    /// Redis refused a command (wrong password, ...): log each distinct
+    /// answer once and start over with backoff.
+    fn error_reply(&mut self, msg: &[u8]) {
+        if self.last_error != msg {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                cycle_log(),
+                "sse: redis at {} answered \"{}\"; reconnecting",
+                self.address(),
+                String::from_utf8_lossy(msg)
+            );
+            self.last_error = msg.to_vec();
+        }
+        self.failure_logged = true;
+        self.drop_connection();
+        self.schedule_reconnect();
+    }
+
+    /// A working connection broke.
+    fn lost(&mut self, reason: &str) {
+        if self.state == State::Ready && !self.failure_logged {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle_log(),
+                "sse: lost connection to redis at {} ({}); reconnecting, open streams stay open",
+                self.address(),
+                reason
+            );
+            self.failure_logged = true;
+        }
+        self.drop_connection();
+        self.schedule_reconnect();
+    }
+
+    /// An attempt to connect failed.
+    fn failed(&mut self, reason: &str) {
+        if !self.failure_logged {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                cycle_log(),
+                "sse: cannot connect to redis at {} ({}); retrying with backoff, open streams stay open",
+                self.address(),
+                reason
+            );
+            self.failure_logged = true;
+        }
+        self.drop_connection();
+        self.schedule_reconnect();
+    }
+
+    fn drop_connection(&mut self) {
+        if !self.conn.is_null() {
+            // SAFETY: the connection is ours and closed once (pointer cleared).
+            unsafe { ngx_close_connection(self.conn) };
+            self.conn = ptr::null_mut();
+        }
+        // SAFETY: the ping timer is ours.
+        unsafe {
+            if self.ping.timer_set() != 0 {
+                ngx_del_timer(&mut self.ping);
+            }
+        }
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.state != State::Closed {
+            self.state = State::Down;
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        let delay = self.backoff.next_delay(ngx_random() as u64);
+        // SAFETY: the reconnect timer is ours; the bridge outlives it.
+        unsafe { ngx_add_timer(&mut self.reconnect, delay as ngx_msec_t) };
+    }
+
+    /// Worker shutdown: close the connection, stop all timers, for good.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.drop_connection();
+        // SAFETY: the reconnect timer is ours.
+        unsafe {
+            if self.reconnect.timer_set() != 0 {
+                ngx_del_timer(&mut self.reconnect);
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn read_handler(ev: *mut ngx_event_t) {
+    worker::on_redis_event(RedisEvent::Readable, ev);
+}
+
+unsafe extern "C" fn write_handler(ev: *mut ngx_event_t) {
+    worker::on_redis_event(RedisEvent::Writable, ev);
+}
+
+unsafe extern "C" fn reconnect_handler(ev: *mut ngx_event_t) {
+    worker::on_redis_event(RedisEvent::Reconnect, ev);
+}
+
+unsafe extern "C" fn ping_handler(ev: *mut ngx_event_t) {
+    worker::on_redis_event(RedisEvent::Ping, ev);
+}

@@ -1,0 +1,500 @@
+//! One SSE connection: the content handler of `sse_channel` locations, and the
+//! per-connection state that holds the request open and writes events to it.
+//!
+//! Life of a stream:
+//! 1. [`content_handler`] validates the request, sends the headers and the
+//!    `retry:` field, registers the stream in the worker's fan-out registry,
+//!    bumps the request count and returns NGX_DONE to keep it open.
+//! 2. The Redis bridge hands it frames with [`Stream::enqueue`]; the worker
+//!    then calls [`Stream::flush`] once per batch, so many events coalesce
+//!    into one write.
+//! 3. It ends when the client leaves (nginx's `ngx_http_test_reading` sees the
+//!    EOF), when its backlog overflows, or at shutdown ([`Stream::finish`]).
+//!    The request cleanup ([`cleanup`]) unregisters it and frees it.
+//!
+//! Frames are reference-counted and shared by every subscriber of a message:
+//! an nginx buffer points into the frame, and the stream keeps the frame
+//! alive until nginx reports the buffer sent. Buffers and chain links are
+//! recycled through the stream's free list, so a long-lived stream does not
+//! grow its request pool.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::ptr::{self, NonNull};
+use std::rc::Rc;
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
+    ngx_create_temp_buf, ngx_current_msec, ngx_del_timer, ngx_event_t, ngx_handle_write_event,
+    ngx_http_cleanup_add, ngx_http_discard_request_body, ngx_http_finalize_request,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_send_header,
+    ngx_http_send_special, ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_AGAIN, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE, NGX_HTTP_GET, NGX_HTTP_LAST,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN, NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf};
+use ngx::ngx_log_error;
+use sse_core::channel::ChannelName;
+use sse_core::frame;
+
+use crate::config::LocConf;
+use crate::ngx_ext::{add_static_header, static_str, NgxStrExt};
+use crate::{worker, SseModule};
+
+/// Bytes of an event as sent on the wire, shared by all its recipients.
+#[derive(Clone)]
+pub enum Frame {
+    Shared(Rc<[u8]>),
+    Static(&'static [u8]),
+}
+
+impl Frame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Shared(b) => b,
+            Frame::Static(b) => b,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Open,
+    /// The backlog limit was hit; the stream is closed at the next flush.
+    Overflowed,
+    /// Unregistered; nginx is sending the end of the body or closing.
+    Finished,
+}
+
+/// The buffer tag that marks our buffers in the chains nginx hands back.
+static BUF_TAG: u8 = 0;
+
+fn buf_tag() -> *mut c_void {
+    &BUF_TAG as *const u8 as *mut c_void
+}
+
+pub struct Stream {
+    request: *mut ngx_http_request_t,
+    channels: Vec<ChannelName>,
+    state: State,
+    /// Frames not yet handed to nginx.
+    queue: VecDeque<Frame>,
+    /// Frames whose buffers nginx has not finished sending, oldest first.
+    in_flight: VecDeque<Frame>,
+    /// Bytes in `queue` and `in_flight` together: what the client owes us.
+    pending_bytes: usize,
+    max_backlog: usize,
+    /// Recycled chain links and buffers (nginx's free/busy idiom).
+    free: *mut ngx_chain_t,
+    busy: *mut ngx_chain_t,
+    heartbeat: ngx_event_t,
+    heartbeat_ms: ngx_msec_t,
+    /// When we last wrote to the client; heartbeats are only sent when idle.
+    last_write: ngx_msec_t,
+    /// Whether the stream is in the worker's list of streams to flush.
+    pub(crate) dirty: bool,
+}
+
+pub type StreamKey = NonNull<Stream>;
+
+/// The content handler of every `sse_channel` location.
+pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live main request on the
+    // worker thread.
+    unsafe { open(r) }
+}
+
+unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: `r` is live (see content_handler); its location configuration
+    // is this module's LocConf because this handler is only installed by
+    // `sse_channel`.
+    unsafe {
+        if (*r).method != NGX_HTTP_GET as usize {
+            add_static_header(r, "Allow", "GET");
+            return send_error(
+                r,
+                NGX_HTTP_NOT_ALLOWED as ngx_int_t,
+                "sse: only GET opens an event stream\n",
+            );
+        }
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let Some(lcf) = SseModule::location_conf(&*r) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+
+        let channels = match evaluate_channels(r, lcf) {
+            Ok(channels) => channels,
+            Err(reason) => return send_error(r, NGX_HTTP_BAD_REQUEST as ngx_int_t, &reason),
+        };
+        if !worker::accepting() {
+            return send_error(
+                r,
+                NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t,
+                "sse: server is shutting down\n",
+            );
+        }
+
+        let rc = send_stream_header(r, lcf.retry);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+            return rc;
+        }
+
+        let stream = Box::new(Stream {
+            request: r,
+            channels,
+            state: State::Open,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            pending_bytes: 0,
+            max_backlog: lcf.max_backlog,
+            free: ptr::null_mut(),
+            busy: ptr::null_mut(),
+            heartbeat: std::mem::zeroed(),
+            heartbeat_ms: lcf.heartbeat,
+            last_write: ngx_current_msec,
+            dirty: false,
+        });
+        let cln = ngx_http_cleanup_add(r, 0);
+        if cln.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let key = NonNull::from(Box::leak(stream));
+        (*cln).handler = Some(cleanup);
+        (*cln).data = key.as_ptr() as *mut c_void;
+        *ctx_slot(r) = key.as_ptr() as *mut c_void;
+
+        // Keep the request open after this handler returns NGX_DONE; nginx
+        // tells us of a client close through ngx_http_test_reading.
+        let main = (*r).main;
+        (*main).set_count((*main).count() + 1);
+        (*r).read_event_handler = Some(ngx_http_test_reading);
+        (*r).write_event_handler = Some(write_handler);
+
+        let s = &mut *key.as_ptr();
+        if s.heartbeat_ms > 0 {
+            s.heartbeat.handler = Some(heartbeat_handler);
+            s.heartbeat.data = key.as_ptr() as *mut c_void;
+            s.heartbeat.log = (*(*r).connection).log;
+            // Heartbeats must not keep a gracefully exiting worker alive.
+            s.heartbeat.set_cancelable(1);
+            ngx_add_timer(&mut s.heartbeat, s.heartbeat_ms);
+        }
+        worker::register(key, &s.channels);
+        NGX_DONE as ngx_int_t
+    }
+}
+
+/// Evaluates the `sse_channel` values (variables included) and validates the
+/// resulting list. The error is the reason shown to the client.
+unsafe fn evaluate_channels(
+    r: *mut ngx_http_request_t,
+    lcf: &LocConf,
+) -> Result<Vec<ChannelName>, String> {
+    let mut values = Vec::with_capacity(lcf.channels.len());
+    for &cv in &lcf.channels {
+        let mut value = static_str("");
+        // SAFETY: cv was compiled by set_channel for this location; the
+        // result lives in the request pool.
+        if unsafe { ngx::ffi::ngx_http_complex_value(r, cv, &mut value) } != NGX_OK as ngx_int_t {
+            return Err("sse: cannot evaluate sse_channel\n".into());
+        }
+        values.push(value);
+    }
+    let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    lcf.channels_for(&values).map_err(|e| format!("sse: {e}\n"))
+}
+
+/// Sends the SSE response header and the `retry:` field, flushed so the
+/// client sees the stream open at once.
+unsafe fn send_stream_header(r: *mut ngx_http_request_t, retry_ms: ngx_msec_t) -> ngx_int_t {
+    // SAFETY: `r` is a live request whose header has not been sent.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        out.status = NGX_HTTP_OK as usize;
+        out.content_type = static_str("text/event-stream");
+        out.content_type_len = out.content_type.len;
+        out.content_type_lowcase = ptr::null_mut();
+        out.content_length_n = -1;
+        if !add_static_header(r, "Cache-Control", "no-cache")
+            || !add_static_header(r, "X-Accel-Buffering", "no")
+        {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let mut retry = Vec::with_capacity(24);
+        frame::encode_retry(&mut retry, retry_ms as u64);
+        let Some(mut cl) = pool_chain(r, &retry) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        (*cl.buf).set_flush(1);
+        ngx_http_output_filter(r, &mut cl)
+    }
+}
+
+/// A one-off buffer copied into the request pool (headers, error bodies).
+unsafe fn pool_chain(r: *mut ngx_http_request_t, bytes: &[u8]) -> Option<ngx_chain_t> {
+    // SAFETY: `r` is live; the buffer is sized for `bytes`.
+    unsafe {
+        let b: *mut ngx_buf_t = ngx_create_temp_buf((*r).pool, bytes.len().max(1));
+        if b.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(bytes.as_ptr(), (*b).last, bytes.len());
+        (*b).last = (*b).last.add(bytes.len());
+        Some(ngx_chain_t {
+            buf: b,
+            next: ptr::null_mut(),
+        })
+    }
+}
+
+/// Answers with `status` and a short text/plain reason.
+unsafe fn send_error(r: *mut ngx_http_request_t, status: ngx_int_t, reason: &str) -> ngx_int_t {
+    // SAFETY: `r` is a live request whose header has not been sent.
+    unsafe {
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let out = &mut (*r).headers_out;
+        out.status = status as usize;
+        out.content_type = static_str("text/plain");
+        out.content_type_len = out.content_type.len;
+        out.content_type_lowcase = ptr::null_mut();
+        out.content_length_n = reason.len() as i64;
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        let Some(mut cl) = pool_chain(r, reason.as_bytes()) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        (*cl.buf).set_last_buf(1);
+        (*cl.buf).set_last_in_chain(1);
+        ngx_http_output_filter(r, &mut cl)
+    }
+}
+
+impl Stream {
+    /// Queues a frame; no I/O happens until [`Stream::flush`]. A client that
+    /// already owes more than `sse_max_backlog` is marked for closing.
+    pub fn enqueue(&mut self, frame: Frame) {
+        if self.state != State::Open {
+            return;
+        }
+        let len = frame.bytes().len();
+        if self.pending_bytes + len > self.max_backlog {
+            self.state = State::Overflowed;
+            return;
+        }
+        self.pending_bytes += len;
+        self.queue.push_back(frame);
+    }
+
+    /// Hands queued frames to nginx in one chain and releases the frames
+    /// nginx has finished sending. May end (and free) the stream.
+    ///
+    /// # Safety
+    /// `this` must be a registered, live stream.
+    pub unsafe fn flush(this: StreamKey) {
+        // SAFETY: the caller guarantees `this` is live; the request outlives
+        // the stream (the stream is freed by the request's cleanup).
+        unsafe {
+            let s = &mut *this.as_ptr();
+            let r = s.request;
+            match s.state {
+                State::Finished => return,
+                State::Overflowed => {
+                    let c = (*r).connection;
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        (*c).log,
+                        "sse: closing stream of client {} with {} channel(s): {} bytes pending exceed sse_max_backlog {}",
+                        (*c).addr_text.to_string_lossy(),
+                        s.channels.len(),
+                        s.pending_bytes,
+                        s.max_backlog
+                    );
+                    Stream::finish(this, false);
+                    return;
+                }
+                State::Open => {}
+            }
+
+            let mut out: *mut ngx_chain_t = ptr::null_mut();
+            let mut last: *mut *mut ngx_chain_t = &mut out;
+            let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
+            while let Some(frame) = s.queue.pop_front() {
+                let cl = ngx_chain_get_free_buf((*r).pool, &mut s.free);
+                if cl.is_null() {
+                    Stream::finish(this, false);
+                    return;
+                }
+                let b = (*cl).buf;
+                // Recycled buffers keep old flags: start from a clean one.
+                ptr::write_bytes(b, 0, 1);
+                let bytes = frame.bytes();
+                (*b).start = bytes.as_ptr() as *mut u8;
+                (*b).pos = (*b).start;
+                (*b).last = (*b).start.add(bytes.len());
+                (*b).end = (*b).last;
+                (*b).set_memory(1);
+                (*b).tag = buf_tag();
+                *last = cl;
+                last = &mut (*cl).next;
+                last_buf = b;
+                s.in_flight.push_back(frame);
+            }
+            if !last_buf.is_null() {
+                // Bypass postpone_output: events must leave now.
+                (*last_buf).set_flush(1);
+                s.last_write = ngx_current_msec;
+            }
+
+            let rc = ngx_http_output_filter(r, out);
+            ngx_chain_update_chains((*r).pool, &mut s.free, &mut s.busy, &mut out, buf_tag());
+            s.release_sent();
+            if rc == NGX_ERROR as ngx_int_t {
+                Stream::finish(this, false);
+                return;
+            }
+            if rc == NGX_AGAIN as ngx_int_t {
+                // The socket is full: nginx keeps the rest and wakes
+                // write_handler when it drains.
+                let c = (*r).connection;
+                if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
+                    Stream::finish(this, false);
+                }
+            }
+        }
+    }
+
+    /// Drops the frames whose buffers nginx has sent. Buffers are sent in
+    /// order, so the ones still busy are the newest `in_flight` entries.
+    fn release_sent(&mut self) {
+        let mut still_busy = 0;
+        let mut cl = self.busy;
+        // SAFETY: `busy` is a well-formed chain maintained by
+        // ngx_chain_update_chains; it only holds our buffers.
+        unsafe {
+            while !cl.is_null() {
+                if (*(*cl).buf).tag == buf_tag() {
+                    still_busy += 1;
+                }
+                cl = (*cl).next;
+            }
+        }
+        while self.in_flight.len() > still_busy {
+            if let Some(frame) = self.in_flight.pop_front() {
+                self.pending_bytes -= frame.bytes().len();
+            }
+        }
+    }
+
+    /// Ends the stream: unregisters it at once (no more events), then either
+    /// completes the response body (`clean`: the client sees a proper end and
+    /// its EventSource reconnects) or closes the connection.
+    ///
+    /// # Safety
+    /// `this` must be live; it may be freed when this returns.
+    pub unsafe fn finish(this: StreamKey, clean: bool) {
+        // SAFETY: the caller guarantees `this` is live. Finalizing may run the
+        // request cleanup, which frees the stream, so nothing touches `s`
+        // after ngx_http_finalize_request.
+        unsafe {
+            let s = &mut *this.as_ptr();
+            if s.state == State::Finished {
+                return;
+            }
+            s.state = State::Finished;
+            worker::unregister(this, &s.channels);
+            if s.heartbeat.timer_set() != 0 {
+                ngx_del_timer(&mut s.heartbeat);
+            }
+            let r = s.request;
+            let rc = if clean {
+                ngx_http_send_special(r, NGX_HTTP_LAST as usize)
+            } else {
+                NGX_HTTP_CLOSE as ngx_int_t
+            };
+            ngx_http_finalize_request(r, rc);
+        }
+    }
+}
+
+/// Called by nginx when the client's socket is writable again.
+unsafe extern "C" fn write_handler(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls this for the live request we installed it on; its
+    // ctx slot holds the stream until the cleanup clears it.
+    unsafe {
+        if let Some(key) = stream_of(r) {
+            Stream::flush(key);
+        }
+    }
+}
+
+/// The request's slot for this module's context: the stream, while it lives.
+unsafe fn ctx_slot(r: *mut ngx_http_request_t) -> *mut *mut c_void {
+    // SAFETY: `r->ctx` has one slot per HTTP module, indexed by ctx_index.
+    unsafe { (*r).ctx.add(SseModule::module().ctx_index) }
+}
+
+unsafe fn stream_of(r: *mut ngx_http_request_t) -> Option<StreamKey> {
+    // SAFETY: see ctx_slot.
+    NonNull::new(unsafe { *ctx_slot(r) } as *mut Stream)
+}
+
+unsafe extern "C" fn heartbeat_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the timer belongs to a live stream: it is deleted before the
+    // stream is freed.
+    unsafe {
+        let key = NonNull::new_unchecked((*ev).data as *mut Stream);
+        let s = &mut *key.as_ptr();
+        let idle_for = ngx_current_msec.wrapping_sub(s.last_write);
+        if idle_for < s.heartbeat_ms {
+            // Events went out recently: no need for a comment yet.
+            ngx_add_timer(ev, s.heartbeat_ms - idle_for);
+            return;
+        }
+        let c = (*s.request).connection;
+        ngx_add_timer(ev, s.heartbeat_ms);
+        s.enqueue(Frame::Static(frame::HEARTBEAT));
+        Stream::flush(key);
+        // A timer is not a request event: run what finalizing may have posted.
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// The request's cleanup: the last word on a stream, whatever ended it.
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    // SAFETY: `data` is the stream leaked in `open`, and nginx runs each
+    // cleanup exactly once.
+    unsafe {
+        let key = NonNull::new_unchecked(data as *mut Stream);
+        let s = &mut *key.as_ptr();
+        if s.state != State::Finished {
+            s.state = State::Finished;
+            worker::unregister(key, &s.channels);
+        }
+        if s.heartbeat.timer_set() != 0 {
+            ngx_del_timer(&mut s.heartbeat);
+        }
+        *ctx_slot(s.request) = ptr::null_mut();
+        drop(Box::from_raw(key.as_ptr()));
+    }
+}
+
+/// Runs a request's posted requests after work done outside its own events.
+///
+/// # Safety
+/// `this` must be live when called; it may be freed afterwards.
+pub unsafe fn connection_of(this: StreamKey) -> *mut ngx::ffi::ngx_connection_t {
+    // SAFETY: the caller guarantees the stream is live.
+    unsafe { (*(*this.as_ptr()).request).connection }
+}

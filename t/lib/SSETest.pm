@@ -1,0 +1,1133 @@
+package SSETest;
+
+# Test harness for nginx-sse: starts real redis-server and nginx processes on
+# free loopback ports, talks RESP to Redis, and reads Server-Sent Events the way
+# a browser's EventSource does. Core Perl only.
+#
+#   use FindBin; use lib "$FindBin::Bin/lib";
+#   use SSETest;                   # skips the whole file if the module is not built
+#
+#   my $redis = start_redis();                       # SSETest::Redis
+#   my $nginx = start_nginx(redis => $redis, server => q{
+#       location /sse { sse_channel news; }
+#   });                                              # SSETest::Nginx
+#   my $c = sse_connect($nginx->port, '/sse');       # SSETest::Client
+#   is $c->status, 200;
+#   wait_subscribed($redis->port, 'news', 1);
+#   redis_cmd($redis->port, PUBLISH => news => 'hello');
+#   my $ev = $c->next_event(5);                      # { event => 'news', data => 'hello', id => undef }
+#
+# Everything started here is killed when the test file ends, even when it dies.
+# Temporary directories are removed unless TEST_KEEP is set.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Errno qw(EAGAIN EWOULDBLOCK EINTR EINPROGRESS);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Socket qw(SOL_SOCKET SO_RCVBUF inet_aton pack_sockaddr_in);
+use Test::More ();
+use Time::HiRes qw(time sleep);
+
+use parent 'Exporter';
+our @EXPORT = qw(
+    start_redis start_nginx nginx_test_conf nginx_conf_text
+    sse_connect wait_clients wait_events
+    http_request redis_cmd redis_connect numsub wait_subscribed
+    free_port wait_until rss_kb children_of slurp
+);
+
+our $REPO       = abs_path(dirname(__FILE__) . '/../..');
+our $NGINX_BIN  = $ENV{NGINX_BIN}  || '/usr/sbin/nginx';
+our $SSE_MODULE = $ENV{SSE_MODULE} || "$REPO/target/release/libngx_http_sse_module.so";
+our $REDIS_BIN  = $ENV{REDIS_BIN}  || 'redis-server';
+
+# Every process group we started (pid => 1) and every prefix kept for the
+# failure report, so that the END block can clean up after a die().
+my %PROCESS_GROUPS;
+my @NGINX_PREFIXES;
+
+# `use SSETest;` skips the whole test file when something it needs is missing.
+# `use SSETest -noskip;` does not (for a test that wants to check that itself).
+sub import {
+    my ($class, @args) = @_;
+    my $noskip = grep { $_ eq '-noskip' } @args;
+    @args = grep { $_ ne '-noskip' } @args;
+    unless ($noskip) {
+        my $why = missing_prerequisite();
+        Test::More::plan(skip_all => $why) if $why;
+    }
+    __PACKAGE__->export_to_level(1, $class, @args);
+}
+
+sub missing_prerequisite {
+    return "nginx module not built: $SSE_MODULE does not exist (run 'make build' or set SSE_MODULE)"
+        unless -f $SSE_MODULE;
+    return "nginx binary $NGINX_BIN is not executable (set NGINX_BIN)" unless -x $NGINX_BIN;
+    return "redis-server not found in PATH (set REDIS_BIN)" unless _which($REDIS_BIN);
+    return;
+}
+
+sub _which {
+    my ($prog) = @_;
+    return -x $prog ? $prog : undef if $prog =~ m{/};
+    for my $dir (split /:/, $ENV{PATH} || '/usr/bin:/bin') {
+        return "$dir/$prog" if -x "$dir/$prog";
+    }
+    return;
+}
+
+# ---------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------
+
+# A loopback TCP port that was free a moment ago. Ports handed out by this
+# process are never handed out twice.
+my %PORTS_GIVEN;
+sub free_port {
+    for (1 .. 50) {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp', Listen => 1)
+            or die "cannot bind a loopback port: $!";
+        my $port = $s->sockport;
+        close $s;
+        next if $PORTS_GIVEN{$port}++;
+        return $port;
+    }
+    die "no free loopback port found";
+}
+
+# Polls $cond every $interval seconds until it returns true (returns true) or
+# $timeout seconds have passed (returns false).
+sub wait_until {
+    my ($cond, $timeout, $interval) = @_;
+    $interval ||= 0.05;
+    my $deadline = time + $timeout;
+    while (1) {
+        return 1 if $cond->();
+        return 0 if time >= $deadline;
+        sleep $interval;
+    }
+}
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or return '';
+    local $/;
+    my $text = <$fh>;
+    return defined $text ? $text : '';
+}
+
+sub _spew {
+    my ($path, $text) = @_;
+    open my $fh, '>:raw', $path or die "cannot write $path: $!";
+    print {$fh} $text;
+    close $fh or die "cannot write $path: $!";
+}
+
+sub _tempdir {
+    my ($what) = @_;
+    my $dir = tempdir("nginx-sse-$what-XXXXXX", TMPDIR => 1, CLEANUP => !$ENV{TEST_KEEP});
+    # nginx workers run as "nobody" when the master is root: let them in.
+    chmod 0755, $dir;
+    Test::More::diag("TEST_KEEP: $what files in $dir") if $ENV{TEST_KEEP};
+    return $dir;
+}
+
+# Starts @cmd in its own process group with stdout and stderr appended to
+# $log; returns the pid. The child never returns into the test code.
+sub _spawn {
+    my ($log, @cmd) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT PIPE);
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        exec { $cmd[0] } @cmd or do { print STDERR "exec $cmd[0]: $!\n"; POSIX::_exit(127) };
+    }
+    $PROCESS_GROUPS{$pid} = 1;
+    return $pid;
+}
+
+# Runs @cmd to completion; returns (exit code, stdout+stderr).
+sub _run_capture {
+    my (@cmd) = @_;
+    my $out = File::Temp->new(TMPDIR => 1);
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', $out->filename or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        exec { $cmd[0] } @cmd or do { print STDERR "exec $cmd[0]: $!\n"; POSIX::_exit(127) };
+    }
+    waitpid $pid, 0;
+    my $code = $? & 127 ? 128 + ($? & 127) : $? >> 8;
+    return ($code, slurp($out->filename));
+}
+
+# Waits up to $timeout seconds for our child $pid to exit. Returns the number
+# of seconds it took, or undef if it is still running.
+sub _wait_child {
+    my ($pid, $timeout) = @_;
+    my $start = time;
+    while (1) {
+        my $r = waitpid $pid, WNOHANG;
+        if ($r == $pid || $r == -1) {
+            delete $PROCESS_GROUPS{$pid};
+            return time - $start;
+        }
+        return undef if time - $start >= $timeout;
+        sleep 0.01;
+    }
+}
+
+# Sends $sig to the process group of $pid, waits $timeout seconds, then
+# SIGKILLs the group. Returns seconds until the leader exited.
+sub _stop_group {
+    my ($pid, $sig, $timeout) = @_;
+    kill $sig, -$pid;
+    my $took = _wait_child($pid, $timeout);
+    kill 'KILL', -$pid;    # stragglers (workers) of the group
+    $took = _wait_child($pid, 5) unless defined $took;
+    return $took;
+}
+
+# Pids whose parent is $ppid (from /proc/*/stat); zombies are left out.
+sub children_of {
+    my ($ppid) = @_;
+    my @kids;
+    opendir my $dh, '/proc' or return;
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        my $stat = slurp("/proc/$pid/stat");
+        next unless $stat;
+        # "pid (comm) state ppid ..." where comm may contain spaces and parens
+        my $rest = substr $stat, rindex($stat, ')') + 2;
+        my ($state, $parent) = split / /, $rest;
+        push @kids, $pid + 0 if $parent == $ppid && $state ne 'Z' && $state ne 'X';
+    }
+    @kids = sort { $a <=> $b } @kids;
+    return @kids;
+}
+
+sub _alive {
+    my ($pid) = @_;
+    my $stat = slurp("/proc/$pid/stat");
+    return 0 unless $stat;
+    my ($state) = split / /, substr($stat, rindex($stat, ')') + 2);
+    return $state ne 'Z' && $state ne 'X';
+}
+
+# Resident set size of $pid in KiB (VmRSS), undef if the process is gone.
+sub rss_kb {
+    my ($pid) = @_;
+    my ($kb) = slurp("/proc/$pid/status") =~ /^VmRSS:\s*(\d+)\s*kB/m;
+    return $kb;
+}
+
+sub _port_open {
+    my ($port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+END {
+    my $status = $?;
+    # On failure, show the end of every nginx error log: it usually says why.
+    my $tb = Test::More->builder;
+    if (@NGINX_PREFIXES && !$tb->is_passing) {
+        for my $prefix (@NGINX_PREFIXES) {
+            my @lines = split /\n/, slurp("$prefix/error.log");
+            next unless @lines;
+            splice @lines, 0, @lines - 40 if @lines > 40;
+            Test::More::diag("last lines of $prefix/error.log:\n" . join("\n", @lines));
+        }
+    }
+    for my $pid (keys %PROCESS_GROUPS) {
+        kill 'KILL', -$pid;
+        waitpid $pid, 0;
+    }
+    $? = $status;
+}
+
+# A signal that ends the test file still runs the END block above.
+$SIG{INT} = $SIG{TERM} = sub { die "killed by signal\n" };
+
+# ---------------------------------------------------------------------------
+# Redis: the server process and a tiny RESP client
+# ---------------------------------------------------------------------------
+
+sub start_redis { SSETest::Redis->new(@_)->start }
+
+# redis_cmd($port, @args): one command on a fresh connection, returns the
+# parsed reply (see SSETest::RedisConn::read_reply).
+sub redis_cmd {
+    my ($port, @args) = @_;
+    my $conn = redis_connect($port) or die "cannot connect to redis on port $port: $!";
+    my $reply = $conn->cmd(@args);
+    $conn->close;
+    return $reply;
+}
+
+sub redis_connect { SSETest::RedisConn->new(@_) }
+
+# numsub($port, @channels): { channel => number of subscribers } via PUBSUB
+# NUMSUB. Each nginx worker counts once per channel.
+sub numsub {
+    my ($port, @channels) = @_;
+    my $reply = redis_cmd($port, 'PUBSUB', 'NUMSUB', @channels);
+    die "PUBSUB NUMSUB failed: $reply" unless ref $reply eq 'ARRAY';
+    return {@$reply};
+}
+
+# Waits until `PUBSUB NUMSUB $channel` equals $count; true on success.
+sub wait_subscribed {
+    my ($port, $channel, $count, $timeout) = @_;
+    $timeout ||= 10;
+    return wait_until(sub { my $n = eval { numsub($port, $channel)->{$channel} }; defined $n && $n == $count },
+        $timeout);
+}
+
+package SSETest::Redis;
+
+use Time::HiRes qw(time sleep);
+
+# A redis-server child process on a loopback port. new() only picks the port,
+# so a test can start nginx while Redis is still down.
+sub new {
+    my ($class, %opt) = @_;
+    my $self = bless {
+        port => $opt{port} || SSETest::free_port(),
+        dir  => SSETest::_tempdir('redis'),
+    }, $class;
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub pid  { $_[0]{pid} }
+sub log_text { SSETest::slurp("$_[0]{dir}/redis.log") }
+sub is_running { defined $_[0]{pid} }
+
+# Starts the server and waits until it answers PING.
+sub start {
+    my ($self, %opt) = @_;
+    die "redis already running" if $self->{pid};
+    $self->{pid} = SSETest::_spawn("$self->{dir}/redis.out",
+        $SSETest::REDIS_BIN,
+        '--port', $self->{port}, '--bind', '127.0.0.1', '--daemonize', 'no',
+        '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
+        '--logfile', "$self->{dir}/redis.log");
+    my $ok = SSETest::wait_until(sub {
+        my $pong = eval { SSETest::redis_cmd($self->{port}, 'PING') };
+        return 1 if defined $pong && $pong eq 'PONG';
+        die "redis-server exited at start:\n" . $self->log_text . SSETest::slurp("$self->{dir}/redis.out")
+            if waitpid($self->{pid}, POSIX::WNOHANG()) == $self->{pid};
+        return 0;
+    }, $opt{timeout} || 10);
+    die "redis-server on port $self->{port} does not answer PING" unless $ok;
+    return $self;
+}
+
+# SIGTERM, then wait for the process to exit (SIGKILL after 10 s).
+sub stop {
+    my ($self) = @_;
+    return $self unless $self->{pid};
+    SSETest::_stop_group($self->{pid}, 'TERM', 10);
+    delete $self->{pid};
+    return $self;
+}
+
+# Stops and starts again on the same port (the data set is empty anyway).
+sub restart { $_[0]->stop->start }
+
+sub cmd { my $self = shift; SSETest::redis_cmd($self->{port}, @_) }
+
+sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
+
+package SSETest::RedisError;
+
+use overload '""' => sub { "ERR-REPLY: $_[0]{message}" }, fallback => 1;
+
+sub new { bless { message => $_[1] }, $_[0] }
+sub message { $_[0]{message} }
+
+package SSETest::RedisConn;
+
+# One blocking RESP connection. cmd() sends a command and returns its reply:
+# simple string and bulk string -> scalar (nil bulk -> undef), integer ->
+# number, array -> array ref, error -> SSETest::RedisError object.
+
+use IO::Socket::INET;
+
+sub new {
+    my ($class, $port, %opt) = @_;
+    my $sock = IO::Socket::INET->new(
+        PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => $opt{timeout} || 5,
+    ) or return;
+    binmode $sock;
+    $sock->autoflush(1);
+    return bless { sock => $sock, buf => '', timeout => $opt{timeout} || 10 }, $class;
+}
+
+sub encode {
+    my (@args) = @_;
+    my $out = '*' . scalar(@args) . "\r\n";
+    for my $arg (@args) {
+        my $bytes = "$arg";
+        utf8::encode($bytes) if utf8::is_utf8($bytes);
+        $out .= '$' . length($bytes) . "\r\n" . $bytes . "\r\n";
+    }
+    return $out;
+}
+
+sub send_cmd {
+    my ($self, @args) = @_;
+    my $data = encode(@args);
+    while (length $data) {
+        my $n = syswrite $self->{sock}, $data;
+        die "redis write: $!" unless defined $n;
+        substr($data, 0, $n, '');
+    }
+}
+
+sub cmd {
+    my ($self, @args) = @_;
+    $self->send_cmd(@args);
+    return $self->read_reply;
+}
+
+# Sends several commands at once, returns their replies in order.
+sub pipeline {
+    my ($self, @cmds) = @_;
+    my $data = join '', map { encode(@$_) } @cmds;
+    while (length $data) {
+        my $n = syswrite $self->{sock}, $data;
+        die "redis write: $!" unless defined $n;
+        substr($data, 0, $n, '');
+    }
+    return map { $self->read_reply } @cmds;
+}
+
+sub _fill {
+    my ($self) = @_;
+    my $sel = IO::Select->new($self->{sock});
+    die "redis reply timed out\n" unless $sel->can_read($self->{timeout});
+    my $n = sysread $self->{sock}, $self->{buf}, 65536, length $self->{buf};
+    die "redis read: $!\n" unless defined $n;
+    die "redis closed the connection\n" unless $n;
+}
+
+sub _line {
+    my ($self) = @_;
+    my $i;
+    $self->_fill until ($i = index $self->{buf}, "\r\n") >= 0;
+    my $line = substr $self->{buf}, 0, $i;
+    substr($self->{buf}, 0, $i + 2, '');
+    return $line;
+}
+
+sub read_reply {
+    my ($self) = @_;
+    my $line = $self->_line;
+    my ($type, $rest) = (substr($line, 0, 1), substr($line, 1));
+    return $rest if $type eq '+';
+    return SSETest::RedisError->new($rest) if $type eq '-';
+    return $rest + 0 if $type eq ':';
+    if ($type eq '$') {
+        return undef if $rest < 0;
+        $self->_fill while length $self->{buf} < $rest + 2;
+        my $bulk = substr $self->{buf}, 0, $rest;
+        substr($self->{buf}, 0, $rest + 2, '');
+        return $bulk;
+    }
+    if ($type eq '*') {
+        return undef if $rest < 0;
+        return [map { $self->read_reply } 1 .. $rest];
+    }
+    die "unexpected RESP reply line: $line\n";
+}
+
+sub close { CORE::close($_[0]{sock}) if $_[0]{sock}; delete $_[0]{sock} }
+
+# ---------------------------------------------------------------------------
+# nginx
+# ---------------------------------------------------------------------------
+
+package SSETest;
+
+# The nginx.conf used by the tests. Options (all optional):
+#   prefix      directory for logs, pid and temp files
+#   port        listen port
+#   listen      extra parameters of the listen directive (e.g. 'reuseport')
+#   workers     worker_processes (default 1)
+#   main        extra main-context directives (e.g. 'worker_rlimit_nofile 8192;')
+#   http        extra http-context directives
+#   server      directives inside server { } (locations with sse_channel ...)
+#   redis_port  port for sse_redis_url redis://127.0.0.1:PORT
+#   redis       an SSETest::Redis (its port is used)
+#   redis_url   the sse_redis_url value verbatim; undef (present, undef) omits it
+#   module      .so to load (default $SSE_MODULE); undef omits load_module
+sub nginx_conf_text {
+    my (%o) = @_;
+    my $prefix  = $o{prefix} or die "nginx_conf_text: prefix required";
+    my $port    = $o{port} || 0;
+    my $workers = $o{workers} || 1;
+    my $module  = exists $o{module} ? $o{module} : $SSE_MODULE;
+    my $rport   = $o{redis_port} || ($o{redis} ? $o{redis}->port : 6379);
+    my $url     = exists $o{redis_url} ? $o{redis_url} : "redis://127.0.0.1:$rport";
+    my $listen  = join ' ', "127.0.0.1:$port", grep { defined && length } $o{listen};
+    my $main    = $o{main}   // '';
+    my $http    = $o{http}   // '';
+    my $server  = $o{server} // '';
+
+    my $text = '';
+    $text .= "load_module $module;\n" if defined $module;
+    $text .= <<"CONF";
+daemon off;
+master_process on;
+worker_processes $workers;
+error_log $prefix/error.log info;
+pid $prefix/nginx.pid;
+$main
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $prefix/client_body_temp;
+    proxy_temp_path $prefix/proxy_temp;
+    fastcgi_temp_path $prefix/fastcgi_temp;
+    uwsgi_temp_path $prefix/uwsgi_temp;
+    scgi_temp_path $prefix/scgi_temp;
+CONF
+    $text .= "    sse_redis_url $url;\n" if defined $url;
+    $text .= <<"CONF";
+$http
+
+    server {
+        listen $listen;
+        server_name localhost;
+$server
+    }
+}
+CONF
+    return $text;
+}
+
+# nginx_test_conf(%options) or nginx_test_conf(raw => $text):
+# writes the config to a fresh prefix and runs `nginx -t` on it.
+# Returns (exit code, everything nginx printed). In a raw text, %%PREFIX%% is
+# replaced by the prefix directory.
+sub nginx_test_conf {
+    my (%o) = @_ == 1 ? (raw => $_[0]) : @_;
+    my $prefix = _tempdir('nginx-t');
+    my $text = defined $o{raw}
+        ? $o{raw} =~ s/%%PREFIX%%/$prefix/gr
+        : nginx_conf_text(%o, prefix => $prefix, port => $o{port} || free_port());
+    _spew("$prefix/nginx.conf", $text);
+    return _run_capture($NGINX_BIN, '-t', '-p', "$prefix/", '-c', "$prefix/nginx.conf");
+}
+
+sub start_nginx { SSETest::Nginx->new(@_)->start }
+
+package SSETest::Nginx;
+
+use Time::HiRes qw(time sleep);
+
+# An nginx master (daemon off, so it is our child) with its own prefix.
+# Options: see SSETest::nginx_conf_text.
+sub new {
+    my ($class, %opt) = @_;
+    my $self = bless { %opt }, $class;
+    $self->{prefix} = SSETest::_tempdir('nginx');
+    $self->{port} ||= SSETest::free_port();
+    $self->{workers} ||= 1;
+    push @NGINX_PREFIXES, $self->{prefix};
+    $self->write_conf;
+    return $self;
+}
+
+sub port   { $_[0]{port} }
+sub prefix { $_[0]{prefix} }
+sub pid    { $_[0]{pid} }      # the master
+sub conf_path { "$_[0]{prefix}/nginx.conf" }
+
+sub write_conf {
+    my ($self, %change) = @_;
+    @$self{ keys %change } = values %change;
+    my %o = %$self;
+    delete @o{qw(pid)};
+    SSETest::_spew($self->conf_path, SSETest::nginx_conf_text(%o));
+    return $self;
+}
+
+# Starts the master and waits until the port accepts connections and the
+# workers are up.
+sub start {
+    my ($self, %opt) = @_;
+    die "nginx already running" if $self->{pid};
+    $self->{pid} = SSETest::_spawn("$self->{prefix}/stderr.log",
+        $SSETest::NGINX_BIN, '-p', "$self->{prefix}/", '-c', $self->conf_path);
+    my $timeout = $opt{timeout} || 10;
+    my $ok = SSETest::wait_until(sub {
+        if (waitpid($self->{pid}, POSIX::WNOHANG()) == $self->{pid}) {
+            delete $PROCESS_GROUPS{ $self->{pid} };
+            my $pid = delete $self->{pid};
+            die "nginx exited at start (status $?):\n"
+                . SSETest::slurp("$self->{prefix}/stderr.log") . SSETest::slurp("$self->{prefix}/error.log");
+        }
+        my @workers = $self->worker_pids;
+        return @workers >= $self->{workers} && SSETest::_port_open($self->{port});
+    }, $timeout);
+    die "nginx did not start listening on port $self->{port} within $timeout s:\n" . $self->error_log
+        unless $ok;
+    return $self;
+}
+
+# Live worker processes (children of the master), sorted.
+sub worker_pids {
+    my ($self) = @_;
+    return () unless $self->{pid};
+    return SSETest::children_of($self->{pid});
+}
+
+sub error_log { SSETest::slurp("$_[0]{prefix}/error.log") }
+sub stderr_log { SSETest::slurp("$_[0]{prefix}/stderr.log") }
+
+# Size of error.log now: pass it to error_log_since() to see only newer lines.
+sub error_log_mark { -s "$_[0]{prefix}/error.log" || 0 }
+
+sub error_log_since {
+    my ($self, $mark) = @_;
+    return substr $self->error_log, $mark || 0;
+}
+
+# Lines of error.log at [alert] or [emerg] (should be none, ever).
+sub alerts {
+    my ($self) = @_;
+    return grep { /\[(?:alert|emerg)\]/ } split /\n/, $self->error_log;
+}
+
+# Reloads the configuration like `nginx -s reload` (SIGHUP to the master) and
+# waits until the new generation of workers is running. Returns the old worker
+# pids (they may still be finishing their connections); dies on timeout.
+sub reload {
+    my ($self, %opt) = @_;
+    my %old = map { $_ => 1 } $self->worker_pids;
+    kill 'HUP', $self->{pid} or die "cannot signal nginx master: $!";
+    my $timeout = $opt{timeout} || 10;
+    SSETest::wait_until(sub { (grep { !$old{$_} } $self->worker_pids) >= $self->{workers} }, $timeout)
+        or die "no new nginx workers $timeout s after reload:\n" . $self->error_log;
+    my @old = sort { $a <=> $b } keys %old;
+    return @old;
+}
+
+# Waits until none of @pids is alive; returns seconds waited, or undef if some
+# still run after $timeout seconds.
+sub wait_pids_gone {
+    my ($self, $timeout, @pids) = @_;
+    my $start = time;
+    SSETest::wait_until(sub { !grep { SSETest::_alive($_) } @pids }, $timeout, 0.01) or return undef;
+    return time - $start;
+}
+
+# Graceful shutdown (SIGQUIT, like `nginx -s quit`). Returns the seconds until
+# the master exited, or undef if it had not after $timeout seconds (then it is
+# killed).
+sub quit {
+    my ($self, $timeout) = @_;
+    return undef unless $self->{pid};
+    kill 'QUIT', $self->{pid};
+    my $took = SSETest::_wait_child($self->{pid}, $timeout || 10);
+    SSETest::_stop_group($self->{pid}, 'KILL', 5) unless defined $took;
+    kill 'KILL', -$self->{pid};    # nothing of the group may survive
+    delete $self->{pid};
+    return $took;
+}
+
+# Fast stop (SIGTERM to the whole process group).
+sub stop {
+    my ($self) = @_;
+    return unless $self->{pid};
+    SSETest::_stop_group($self->{pid}, 'TERM', 10);
+    delete $self->{pid};
+}
+
+sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
+
+# ---------------------------------------------------------------------------
+# Plain HTTP (one request per connection)
+# ---------------------------------------------------------------------------
+
+package SSETest;
+
+# http_request($port, $method, $path, %opt) with opt headers => {..},
+# body => '...', timeout => s. Returns a hash ref { status, headers (lower-case
+# names), body, complete } where complete says whether the whole body was read.
+sub http_request {
+    my ($port, $method, $path, %opt) = @_;
+    my $timeout = $opt{timeout} || 10;
+    my %h = (Host => 'localhost', Connection => 'close', %{ $opt{headers} || {} });
+    my $body = $opt{body};
+    $h{'Content-Length'} = length $body if defined $body && !grep { lc($_) eq 'content-length' } keys %h;
+    my $req = "$method $path HTTP/1.1\r\n";
+    $req .= "$_: $h{$_}\r\n" for grep { defined $h{$_} } sort keys %h;
+    $req .= "\r\n" . ($body // '');
+
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 5)
+        or die "cannot connect to 127.0.0.1:$port: $!";
+    binmode $sock;
+    syswrite $sock, $req;
+    my $raw = '';
+    my $sel = IO::Select->new($sock);
+    my $deadline = time + $timeout;
+    my $res;
+    while (time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        my $n = sysread $sock, $raw, 65536, length $raw;
+        last unless $n;
+        $res = _parse_http_response($raw);
+        last if $res && $res->{complete};
+    }
+    close $sock;
+    $res = _parse_http_response($raw, 1) unless $res && $res->{complete};
+    die "no HTTP response from 127.0.0.1:$port for $method $path\n" unless $res;
+    return $res;
+}
+
+sub _parse_http_response {
+    my ($raw, $at_eof) = @_;
+    my $end = index $raw, "\r\n\r\n";
+    return undef if $end < 0;
+    my ($status_line, @lines) = split /\r\n/, substr($raw, 0, $end);
+    my ($status) = $status_line =~ m{^HTTP/\d\.\d (\d{3})} or return undef;
+    my %headers = _parse_headers(@lines);
+    my $rest = substr $raw, $end + 4;
+    my $res = { status => $status + 0, status_line => $status_line, headers => \%headers };
+    if (($headers{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $dec = SSETest::Chunked->new;
+        $res->{body} = $dec->feed($rest);
+        $res->{complete} = $dec->{done} ? 1 : 0;
+    } elsif (defined $headers{'content-length'}) {
+        $res->{body} = substr $rest, 0, $headers{'content-length'};
+        $res->{complete} = length($rest) >= $headers{'content-length'} ? 1 : 0;
+    } else {
+        $res->{body} = $rest;
+        $res->{complete} = $at_eof ? 1 : 0;
+    }
+    return $res;
+}
+
+sub _parse_headers {
+    my %headers;
+    for (@_) {
+        my ($name, $value) = /^([^:]+):\s*(.*?)\s*$/ or next;
+        $name = lc $name;
+        $headers{$name} = exists $headers{$name} ? "$headers{$name}, $value" : $value;
+    }
+    return %headers;
+}
+
+# ---------------------------------------------------------------------------
+# Chunked transfer-coding decoder (incremental)
+# ---------------------------------------------------------------------------
+
+package SSETest::Chunked;
+
+# feed($bytes) returns the body bytes decoded so far from this input; {done}
+# becomes true once the last (0-size) chunk and the trailer have been read.
+# {error} is set if the framing is broken.
+sub new { bless { buf => '', state => 'size', left => 0, done => 0, error => undef }, $_[0] }
+
+sub feed {
+    my ($self, $bytes) = @_;
+    $self->{buf} .= $bytes;
+    my $out = '';
+    while (!$self->{done} && !$self->{error}) {
+        if ($self->{state} eq 'size') {
+            my $i = index $self->{buf}, "\r\n";
+            last if $i < 0;
+            my $line = substr $self->{buf}, 0, $i;
+            substr($self->{buf}, 0, $i + 2, '');
+            my ($hex) = $line =~ /^([0-9a-fA-F]+)\s*(?:;.*)?$/;
+            if (!defined $hex) { $self->{error} = "bad chunk size line '$line'"; last }
+            $self->{left} = hex $hex;
+            $self->{state} = $self->{left} ? 'data' : 'trailer';
+        } elsif ($self->{state} eq 'data') {
+            last unless length $self->{buf};
+            my $take = substr $self->{buf}, 0, $self->{left};
+            substr($self->{buf}, 0, length $take, '');
+            $out .= $take;
+            $self->{left} -= length $take;
+            $self->{state} = 'crlf' unless $self->{left};
+        } elsif ($self->{state} eq 'crlf') {
+            last if length $self->{buf} < 2;
+            if (substr($self->{buf}, 0, 2) ne "\r\n") { $self->{error} = 'chunk not followed by CRLF'; last }
+            substr($self->{buf}, 0, 2, '');
+            $self->{state} = 'size';
+        } elsif ($self->{state} eq 'trailer') {
+            my $i = index $self->{buf}, "\r\n";
+            last if $i < 0;
+            my $line = substr $self->{buf}, 0, $i;
+            substr($self->{buf}, 0, $i + 2, '');
+            $self->{done} = 1 if $line eq '';
+        }
+    }
+    return $out;
+}
+
+# ---------------------------------------------------------------------------
+# SSE client
+# ---------------------------------------------------------------------------
+
+package SSETest;
+
+# sse_connect($port, $path, %opt): opens a stream request (does not wait for
+# the answer). Options:
+#   headers  => { name => value }  replaces/adds request headers (value undef
+#                                   removes a default header, e.g. Accept)
+#   method   => 'GET'
+#   rcvbuf   => bytes               SO_RCVBUF set before connecting (slow clients)
+sub sse_connect { SSETest::Client->new(@_) }
+
+# wait_clients(\@clients, $cond, $timeout): reads from all clients at once
+# until $cond->($client) is true for every client or $timeout seconds passed.
+# Returns the number of clients for which $cond holds.
+sub wait_clients {
+    my ($clients, $cond, $timeout) = @_;
+    my $deadline = time + $timeout;
+    my %sock_to_client = map { (0 + $_->{sock} => $_) } grep { $_->{sock} } @$clients;
+    while (1) {
+        my @pending = grep { !$cond->($_) } @$clients;
+        return scalar(@$clients) - @pending unless @pending;
+        my $left = $deadline - time;
+        return scalar(@$clients) - @pending if $left <= 0;
+        my @socks = map { $_->{sock} } grep { $_->{sock} && !$_->{ended} } @pending;
+        if (!@socks) {    # everything pending has ended: nothing more will come
+            return scalar(@$clients) - @pending;
+        }
+        my $sel = IO::Select->new(@socks);
+        my @ready = $sel->can_read($left < 0.2 ? $left : 0.2);
+        $sock_to_client{ 0 + $_ }->pump for @ready;
+    }
+}
+
+# wait_events(\@clients, $n, $timeout): until every client has at least $n
+# unread events. Returns the number of clients that have them.
+sub wait_events {
+    my ($clients, $n, $timeout) = @_;
+    return wait_clients($clients, sub { $_[0]->pending_events >= $n }, $timeout);
+}
+
+package SSETest::Client;
+
+use Errno qw(EAGAIN EWOULDBLOCK EINTR ECONNRESET);
+use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_RCVBUF inet_aton pack_sockaddr_in);
+use Time::HiRes qw(time sleep);
+
+sub new {
+    my ($class, $port, $path, %opt) = @_;
+    my $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+    if ($opt{rcvbuf}) {
+        setsockopt($sock, SOL_SOCKET, SO_RCVBUF, pack('i', $opt{rcvbuf})) or die "SO_RCVBUF: $!";
+    }
+    connect($sock, pack_sockaddr_in($port, inet_aton('127.0.0.1')))
+        or die "cannot connect to 127.0.0.1:$port: $!";
+    binmode $sock;
+
+    my %h = (Host => 'localhost', Accept => 'text/event-stream');
+    while (my ($k, $v) = each %{ $opt{headers} || {} }) {
+        delete $h{$_} for grep { lc $_ eq lc $k } keys %h;
+        $h{$k} = $v;
+    }
+    my $req = ($opt{method} || 'GET') . " $path HTTP/1.1\r\n";
+    $req .= "$_: $h{$_}\r\n" for grep { defined $h{$_} } sort keys %h;
+    $req .= "\r\n";
+    my $n = syswrite $sock, $req;
+    die "cannot send request: $!" unless defined $n && $n == length $req;
+    $sock->blocking(0);
+
+    return bless {
+        sock        => $sock,
+        path        => $path,
+        opened      => time,
+        head        => '',        # raw response head until it is complete
+        status      => undef,
+        headers     => {},
+        body_mode   => undef,     # chunked | length | eof
+        chunked     => undef,     # SSETest::Chunked
+        body_len    => 0,         # decoded body bytes so far
+        body_head   => '',        # the first 64 KiB of decoded body, verbatim
+        first_body_at => undef,   # time the first body byte arrived
+        ended       => undef,     # undef while open; 'clean' or 'closed'
+        ended_at    => undef,
+        # SSE parser state (WHATWG "event stream interpretation")
+        line        => '',
+        skip_lf     => 0,
+        bom_checked => 0,
+        data        => '',
+        type        => '',
+        last_id     => undef,
+        events      => [],        # every dispatched event
+        next_index  => 0,         # first event not yet returned by next_event
+        comments    => [],        # { text, time } for every ':' line
+        retries     => [],        # values of valid retry: fields
+        unknown     => {},        # field name => count, for fields SSE ignores
+    }, $class;
+}
+
+# Reads whatever the socket has (never blocks) and feeds the decoders.
+sub pump {
+    my ($self) = @_;
+    return 0 unless $self->{sock};
+    my $total = 0;
+    while ($total < 4 * 1024 * 1024) {
+        my $n = sysread $self->{sock}, my $buf, 262144;
+        if (!defined $n) {
+            next if $! == EINTR;
+            last if $! == EAGAIN || $! == EWOULDBLOCK;
+            $self->_end('closed', "read error: $!");
+            last;
+        }
+        if ($n == 0) {
+            # Without chunked coding or Content-Length the body ends at EOF.
+            my $clean = ($self->{body_mode} // '') eq 'eof';
+            $self->_end($clean ? 'clean' : 'closed', 'eof');
+            last;
+        }
+        $total += $n;
+        $self->_feed_raw($buf);
+        last unless $self->{sock};    # the body ended inside this read
+    }
+    return $total;
+}
+
+sub _end {
+    my ($self, $how, $why) = @_;
+    return if $self->{ended};
+    $self->{ended} = $how;
+    $self->{end_reason} = $why;
+    $self->{ended_at} = time;
+    if ($self->{sock}) { CORE::close($self->{sock}); delete $self->{sock}; }
+}
+
+sub _feed_raw {
+    my ($self, $bytes) = @_;
+    if (!defined $self->{status}) {
+        $self->{head} .= $bytes;
+        my $end = index $self->{head}, "\r\n\r\n";
+        return if $end < 0;
+        my ($status_line, @lines) = split /\r\n/, substr($self->{head}, 0, $end);
+        ($self->{status}) = $status_line =~ m{^HTTP/\d\.\d (\d{3})};
+        $self->{status} //= 0;
+        $self->{status_line} = $status_line;
+        $self->{headers} = { SSETest::_parse_headers(@lines) };
+        $bytes = substr $self->{head}, $end + 4;
+        $self->{head} = '';
+        my $h = $self->{headers};
+        if (($h->{'transfer-encoding'} // '') =~ /chunked/i) {
+            $self->{body_mode} = 'chunked';
+            $self->{chunked} = SSETest::Chunked->new;
+        } elsif (defined $h->{'content-length'}) {
+            $self->{body_mode} = 'length';
+            $self->{length_left} = $h->{'content-length'};
+        } else {
+            $self->{body_mode} = 'eof';
+        }
+    }
+    my $body;
+    if ($self->{body_mode} eq 'chunked') {
+        $body = $self->{chunked}->feed($bytes);
+        $self->{framing_error} = $self->{chunked}{error} if $self->{chunked}{error};
+    } elsif ($self->{body_mode} eq 'length') {
+        $body = substr $bytes, 0, $self->{length_left};
+        $self->{length_left} -= length $body;
+    } else {
+        $body = $bytes;
+    }
+    if (length $body) {
+        $self->{first_body_at} //= time;
+        $self->{body_len} += length $body;
+        $self->{body_head} .= substr($body, 0, 65536 - length $self->{body_head})
+            if length $self->{body_head} < 65536;
+        $self->_feed_sse($body);
+    }
+    if ($self->{body_mode} eq 'chunked' && $self->{chunked}{done}) {
+        $self->_end('clean', 'last chunk');
+    } elsif ($self->{body_mode} eq 'length' && $self->{length_left} <= 0) {
+        $self->_end('clean', 'content-length reached');
+    }
+}
+
+# The WHATWG event stream parser: lines end at CRLF, LF or CR.
+sub _feed_sse {
+    my ($self, $bytes) = @_;
+    if (!$self->{bom_checked}) {    # a UTF-8 BOM at the very start is skipped
+        $self->{bom_checked} = 1;
+        $bytes =~ s/^\xEF\xBB\xBF//;
+    }
+    if ($self->{skip_lf}) {
+        $self->{skip_lf} = 0;
+        $bytes =~ s/^\n//;
+    }
+    my $buf = $self->{line} . $bytes;
+    pos($buf) = 0;
+    my $consumed = 0;
+    while ($buf =~ /\G([^\r\n]*)(\r\n|\r|\n)/gc) {
+        my ($line, $eol) = ($1, $2);
+        $consumed = pos $buf;
+        # A CR at the very end may be the first half of a CRLF.
+        $self->{skip_lf} = 1 if $eol eq "\r" && $consumed == length $buf;
+        $self->_sse_line($line);
+    }
+    $self->{line} = substr $buf, $consumed;
+}
+
+sub _sse_line {
+    my ($self, $line) = @_;
+    if ($line eq '') {
+        if ($self->{data} eq '') {
+            $self->{type} = '';
+            return;
+        }
+        my $data = $self->{data};
+        $data =~ s/\n\z//;
+        push @{ $self->{events} }, {
+            event => length $self->{type} ? $self->{type} : 'message',
+            data  => $data,
+            id    => $self->{last_id},
+            time  => time,
+        };
+        $self->{data} = '';
+        $self->{type} = '';
+        return;
+    }
+    if (substr($line, 0, 1) eq ':') {
+        push @{ $self->{comments} }, { text => substr($line, 1), time => time };
+        return;
+    }
+    my ($field, $value) = $line =~ /^([^:]*)(?::(.*))?\z/s;
+    $value //= '';
+    $value =~ s/^ //;
+    if    ($field eq 'event') { $self->{type} = $value }
+    elsif ($field eq 'data')  { $self->{data} .= "$value\n" }
+    elsif ($field eq 'id')    { $self->{last_id} = $value unless $value =~ /\0/ }
+    elsif ($field eq 'retry') { push @{ $self->{retries} }, $value + 0 if $value =~ /^[0-9]+\z/ }
+    else                      { $self->{unknown}{$field}++ }
+}
+
+# Reads from this client alone until $cond->($client) is true (returns 1), the
+# response ends, or $timeout seconds pass (returns 0).
+sub wait_for {
+    my ($self, $cond, $timeout) = @_;
+    return $self->_wait(sub { $cond->($self) }, $timeout);
+}
+
+sub _wait {
+    my ($self, $cond, $timeout) = @_;
+    my $deadline = time + $timeout;
+    while (!$cond->()) {
+        return 0 if $self->{ended};
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        my $sel = IO::Select->new($self->{sock});
+        $self->pump if $sel->can_read($left);
+    }
+    return 1;
+}
+
+# Status code of the response (waits up to $timeout s for the head); 0 if the
+# connection ended before a response head.
+sub status {
+    my ($self, $timeout) = @_;
+    $self->_wait(sub { defined $self->{status} }, $timeout // 5);
+    return $self->{status} // 0;
+}
+
+sub header {
+    my ($self, $name) = @_;
+    $self->status;
+    return $self->{headers}{ lc $name };
+}
+
+sub headers { $_[0]->status; $_[0]{headers} }
+
+# The next event not yet returned, waiting up to $timeout s (default 5);
+# undef if none came.
+sub next_event {
+    my ($self, $timeout) = @_;
+    $self->_wait(sub { $self->pending_events > 0 }, $timeout // 5);
+    return undef unless $self->pending_events;
+    return $self->{events}[ $self->{next_index}++ ];
+}
+
+# Waits until $count events not yet returned are there (or $timeout), and
+# returns (consumes) up to $count of them.
+sub events_until {
+    my ($self, $count, $timeout) = @_;
+    $self->_wait(sub { $self->pending_events >= $count }, $timeout // 5);
+    my $n = $self->pending_events < $count ? $self->pending_events : $count;
+    my @ev = @{ $self->{events} }[ $self->{next_index} .. $self->{next_index} + $n - 1 ];
+    $self->{next_index} += $n;
+    return @ev;
+}
+
+sub pending_events { scalar(@{ $_[0]{events} }) - $_[0]{next_index} }
+sub all_events { @{ $_[0]{events} } }
+
+# Reads for $seconds and returns the events that arrived meanwhile (consumed).
+sub collect {
+    my ($self, $seconds) = @_;
+    $self->_wait(sub { 0 }, $seconds);
+    return $self->events_until($self->pending_events, 0);
+}
+
+# Comment lines seen so far, as { text, time } (heartbeats are ':' lines).
+sub comments { @{ $_[0]{comments} } }
+
+sub retries { @{ $_[0]{retries} } }
+
+# The first bytes of the body (up to 64 KiB), exactly as received.
+sub body_head { $_[0]{body_head} }
+
+# Reads for up to $timeout s, so that everything already sent is seen.
+sub drain { my ($self, $t) = @_; $self->_wait(sub { 0 }, $t // 0.2); $self }
+
+# '' while the response is still open; 'clean' once the body ended properly
+# (last chunk of a chunked body, or Content-Length reached); 'closed' if the
+# connection ended without that.
+sub is_eof {
+    my ($self) = @_;
+    $self->pump;
+    return $self->{ended} // '';
+}
+
+# Waits up to $timeout s for the end of the response; returns 'clean',
+# 'closed', or undef if it is still open.
+sub wait_eof {
+    my ($self, $timeout) = @_;
+    $self->_wait(sub { $self->{ended} }, $timeout // 5);
+    return $self->{ended};
+}
+
+sub close {
+    my ($self) = @_;
+    $self->_end('closed', 'closed by test') if $self->{sock};
+    return;
+}
+
+sub DESTROY { local ($., $@, $!, $^E, $?); CORE::close($_[0]{sock}) if $_[0]{sock} }
+
+1;
