@@ -23,9 +23,11 @@ DEBIAN_LD_OPT := -Wl,-z,relro -Wl,-z,now -fPIC
 MODULE := target/release/libngx_http_sse_module.so
 VENDORED_TARGET := $(CURDIR)/target/vendored
 
-APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc
+APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3
 
-.PHONY: build build-vendored test unit prove lint demo deps clean-nginx-tree bench
+SSE_MODULE ?= $(CURDIR)/$(MODULE)
+
+.PHONY: build build-vendored test test-vendored unit prove lint demo deps clean-nginx-tree
 
 build: $(DEBIAN_OBJS)/ngx_auto_config.h
 	NGINX_BUILD_DIR=$(DEBIAN_OBJS) $(CARGO) build --release
@@ -60,16 +62,22 @@ lint: $(DEBIAN_OBJS)/ngx_auto_config.h
 	NGINX_BUILD_DIR=$(DEBIAN_OBJS) $(CARGO) clippy --workspace --all-targets -- -D warnings
 
 prove: build
-	NGINX_BIN=$(NGINX_BIN) prove -j2 -r t/
+	NGINX_BIN=$(NGINX_BIN) SSE_MODULE=$(SSE_MODULE) prove -j2 -r t/
 
-test: unit prove
+# The README's test command: everything, from a fresh machine.
+test: deps unit prove
 
-demo: build
+test-vendored: build-vendored
+	NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so prove -j2 -r t/
+
+# The README's demo command.
+demo: deps build
 	bash demo/run.sh $(CURDIR)/$(MODULE)
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
