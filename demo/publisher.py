@@ -155,6 +155,9 @@ def main():
     if a.rate <= 0 or not workspaces or not workflows:
         p.error("need --rate > 0 and at least one workspace and workflow")
 
+    # Installed explicitly: a shell script that starts us with `&` would
+    # otherwise leave SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     redis = Redis(a.redis_host, a.redis_port)
     print(f"publisher: {a.rate:g} log lines/s to logs:{{{','.join(workspaces)}}}:{{{','.join(workflows)}}}, "

@@ -10,6 +10,10 @@
 //! | `sse_retry`        | http, server, location  | [`LocConf::retry`]      |
 //! | `sse_max_backlog`  | http, server, location  | [`LocConf::max_backlog`]|
 //! | `sse_max_channels` | http, server, location  | [`LocConf::max_channels`]|
+//! | `sse_allow`        | http, server, location  | [`LocConf::allow`]      |
+//! | `sse_user`         | http, server, location  | [`LocConf::user`]       |
+//! | `sse_channel_patterns` | http, server, location | [`LocConf::patterns`] |
+//! | `sse_refused`      | http, server, location  | [`LocConf::refused`]    |
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -17,18 +21,20 @@ use std::ptr::{self, addr_of_mut};
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_check_num_bounds, ngx_conf_num_bounds_t, ngx_conf_set_msec_slot,
-    ngx_conf_set_num_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_http_compile_complex_value,
+    ngx_command_t, ngx_conf_check_num_bounds, ngx_conf_enum_t, ngx_conf_num_bounds_t,
+    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
-    ngx_parse_url, ngx_pcalloc, ngx_str_t, ngx_uint_t, ngx_url_t, NGX_CONF_1MORE, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_parse_url, ngx_pcalloc, ngx_str_t, ngx_uint_t, ngx_url_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
+    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
 };
 use ngx::{ngx_conf_log_error, ngx_string};
-use sse_core::channel::{self, ChannelName};
+use sse_core::channel;
+use sse_core::pattern::{Grants, Pattern};
 use sse_core::redis_url::RedisUrl;
 
 use crate::ngx_ext::{conf_args, NgxStrExt};
@@ -47,6 +53,8 @@ pub const MAX_MAX_CHANNELS: ngx_int_t = 1024;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_SIZE: usize = usize::MAX;
 const UNSET_NUM: ngx_int_t = -1;
+const UNSET_FLAG: ngx_flag_t = -1;
+const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 
 /// Where the worker's Redis connection goes: the parsed URL and the address
 /// nginx resolved for it at configuration time (as for `proxy_pass`).
@@ -68,25 +76,46 @@ pub struct MainConf {
     pub used: bool,
 }
 
-/// location-level configuration. Fields other than `channels` use nginx's
-/// slot setters, hence the C types and the UNSET markers.
+/// What `sse_refused` says to do with requested channels the grants do not
+/// cover.
+pub const REFUSED_DENY: ngx_uint_t = 0;
+pub const REFUSED_DROP: ngx_uint_t = 1;
+
+/// location-level configuration. Scalar fields use nginx's slot setters,
+/// hence the C types and the UNSET markers.
 pub struct LocConf {
     /// The compiled values of `sse_channel`; empty: not an SSE location.
     pub channels: Vec<*mut ngx_http_complex_value_t>,
+    /// The source text of those values, for the open-location warning.
+    channel_sources: Vec<String>,
+    /// Where `sse_channel` was written, for that warning.
+    location: String,
+    /// `sse_allow`: `None` is an open location (no access control).
+    pub allow: Option<Vec<*mut ngx_http_complex_value_t>>,
+    /// `sse_user`.
+    pub user: Option<*mut ngx_http_complex_value_t>,
     pub heartbeat: ngx_msec_t,
     pub retry: ngx_msec_t,
     pub max_backlog: usize,
     pub max_channels: ngx_int_t,
+    pub patterns: ngx_flag_t,
+    pub refused: ngx_uint_t,
 }
 
 impl Default for LocConf {
     fn default() -> Self {
         LocConf {
             channels: Vec::new(),
+            channel_sources: Vec::new(),
+            location: String::new(),
+            allow: None,
+            user: None,
             heartbeat: UNSET_MSEC,
             retry: UNSET_MSEC,
             max_backlog: UNSET_SIZE,
             max_channels: UNSET_NUM,
+            patterns: UNSET_FLAG,
+            refused: UNSET_UINT,
         }
     }
 }
@@ -114,6 +143,14 @@ impl Merge for LocConf {
             UNSET_NUM,
             DEFAULT_MAX_CHANNELS,
         );
+        merge(&mut self.patterns, prev.patterns, UNSET_FLAG, 0);
+        merge(&mut self.refused, prev.refused, UNSET_UINT, REFUSED_DENY);
+        if self.allow.is_none() {
+            self.allow = prev.allow.clone();
+        }
+        if self.user.is_none() {
+            self.user = prev.user;
+        }
         Ok(())
     }
 }
@@ -130,9 +167,24 @@ static mut MAX_CHANNELS_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
     high: MAX_MAX_CHANNELS,
 };
 
+static mut REFUSED_MODES: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("deny"),
+        value: REFUSED_DENY,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("drop"),
+        value: REFUSED_DROP,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
+];
+
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 7] = [
+pub static mut COMMANDS: [ngx_command_t; 11] = [
     ngx_command_t {
         name: ngx_string!("sse_redis_url"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -183,6 +235,38 @@ pub static mut COMMANDS: [ngx_command_t; 7] = [
         // time on its single thread.
         post: addr_of_mut!(MAX_CHANNELS_BOUNDS) as *mut c_void,
     },
+    ngx_command_t {
+        name: ngx_string!("sse_allow"),
+        type_: (ANY_LEVEL | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set_allow),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_user"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_user),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_channel_patterns"),
+        type_: (ANY_LEVEL | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, patterns),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_refused"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_enum_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, refused),
+        post: addr_of_mut!(REFUSED_MODES) as *mut c_void,
+    },
     ngx_command_t::empty(),
 ];
 
@@ -194,6 +278,7 @@ enum ConfError {
     BadChannel(String, channel::ChannelError),
     BadComplexValue(String),
     Duplicate,
+    BadGrant(String, String),
 }
 
 impl ConfError {
@@ -221,6 +306,13 @@ impl ConfError {
                     NGX_LOG_EMERG,
                     cf,
                     "\"{directive}\": cannot compile \"{value}\""
+                );
+            }
+            ConfError::BadGrant(value, entries) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"{directive}\": invalid pattern(s) {entries} in \"{value}\""
                 );
             }
             ConfError::Duplicate => {
@@ -328,17 +420,23 @@ extern "C" fn set_channel(
         // instead of every request.
         // SAFETY: cv was just compiled by nginx.
         if unsafe { (*cv).lengths.is_null() } {
-            if let Err(e) = channel::parse_channel_list(&[arg.as_bytes()], usize::MAX) {
+            let rules = channel::ListRules {
+                max: usize::MAX,
+                patterns: true,
+            };
+            if let Err(e) = channel::parse_channel_list(&[arg.as_bytes()], rules) {
                 return ConfError::BadChannel(arg.to_string_lossy(), e).report(cf, "sse_channel");
             }
         }
         lcf.channels.push(cv);
+        lcf.channel_sources.push(arg.to_string_lossy());
     }
 
     // SAFETY: `cf` is the configuration being parsed, in a location block.
     unsafe {
         if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) {
             clcf.handler = Some(stream::content_handler);
+            lcf.location = clcf.name.to_string_lossy();
         }
         if let Some(main) = crate::SseModule::main_conf_mut(&*cf) {
             main.used = true;
@@ -387,14 +485,111 @@ extern "C" fn set_heartbeat(
     unsafe { ngx_conf_set_msec_slot(cf, cmd, conf) }
 }
 
+/// `sse_allow value ...;` — compiled now, evaluated per request. Literal
+/// values are checked now: a typo in a grant fails `nginx -t`.
+extern "C" fn set_allow(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration and the
+    // directive's arguments.
+    let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
+    if lcf.allow.is_some() {
+        return ConfError::Duplicate.report(cf, "sse_allow");
+    }
+    let mut values = Vec::with_capacity(args.len() - 1);
+    for arg in &args[1..] {
+        // SAFETY: see compile_complex_value.
+        let Some(cv) = (unsafe { compile_complex_value(cf, arg) }) else {
+            return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf, "sse_allow");
+        };
+        // SAFETY: cv was just compiled by nginx.
+        if unsafe { (*cv).lengths.is_null() } {
+            let (_, invalid) = Grants::parse(&[arg.as_bytes()]);
+            if !invalid.is_empty() {
+                return ConfError::BadGrant(arg.to_string_lossy(), invalid.join(", "))
+                    .report(cf, "sse_allow");
+            }
+        }
+        values.push(cv);
+    }
+    lcf.allow = Some(values);
+    ptr::null_mut()
+}
+
+/// `sse_user value;`
+extern "C" fn set_user(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration and the
+    // directive's arguments.
+    let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
+    if lcf.user.is_some() {
+        return ConfError::Duplicate.report(cf, "sse_user");
+    }
+    // SAFETY: see compile_complex_value.
+    match unsafe { compile_complex_value(cf, &args[1]) } {
+        Some(cv) => {
+            lcf.user = Some(cv);
+            ptr::null_mut()
+        }
+        None => ConfError::BadComplexValue(args[1].to_string_lossy()).report(cf, "sse_user"),
+    }
+}
+
+/// Variables whose value the client chooses.
+const CLIENT_INPUT: [&str; 6] = [
+    "$arg_",
+    "$http_",
+    "$cookie_",
+    "$args",
+    "$query_string",
+    "$request_uri",
+];
+
+/// merge_loc_conf: nginx's inheritance, then the open-location warning,
+/// which needs the final (inherited) `sse_allow`.
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes two location configurations of this module.
+    let (prev, lcf) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf)) };
+    if lcf.merge(prev).is_err() {
+        return NGX_CONF_ERROR as *mut c_char;
+    }
+    if lcf.allow.is_none() {
+        let client_input = lcf.channel_sources.iter().find(|v| {
+            CLIENT_INPUT
+                .iter()
+                .any(|var| v.contains(var) || v.contains(&var.replace('$', "${")))
+        });
+        if let Some(value) = client_input {
+            ngx_conf_log_error!(
+                NGX_LOG_WARN,
+                cf,
+                "\"sse_channel {value}\" in location \"{}\" takes channels from client input and no \"sse_allow\" limits them: any client can read any channel",
+                lcf.location
+            );
+        }
+    }
+    ptr::null_mut()
+}
+
 impl LocConf {
-    /// Evaluates the `sse_channel` values for one request and validates the
-    /// resulting channel list.
-    pub fn channels_for(
+    /// Validates the evaluated `sse_channel` values of one request.
+    pub fn subscriptions_for(
         &self,
         values: &[&[u8]],
-    ) -> Result<Vec<ChannelName>, channel::ChannelError> {
-        let max = usize::try_from(self.max_channels).unwrap_or(1);
-        channel::parse_channel_list(values, max)
+    ) -> Result<Vec<Pattern>, channel::ChannelError> {
+        let rules = channel::ListRules {
+            max: usize::try_from(self.max_channels).unwrap_or(1),
+            patterns: self.patterns == 1,
+        };
+        channel::parse_channel_list(values, rules)
     }
 }

@@ -52,7 +52,7 @@ static NGX_HTTP_SSE_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(SseModule::create_loc_conf),
-    merge_loc_conf: Some(SseModule::merge_loc_conf),
+    merge_loc_conf: Some(config::merge_loc_conf),
 };
 
 #[used]

@@ -19,7 +19,8 @@ use ngx::ffi::{
 };
 use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
-use sse_core::channel::ChannelName;
+use sse_core::envelope::CONTROL_CHANNEL;
+use sse_core::registry;
 use sse_core::resp::{self, PubSubReply};
 
 use crate::config::RedisTarget;
@@ -40,8 +41,11 @@ const SUBSCRIBE_BATCH: usize = 512;
 
 /// What the bridge needs from the fan-out side.
 pub trait Subscriptions {
-    fn message(&mut self, channel: &[u8], payload: &[u8]);
-    fn channels(&self) -> Vec<Vec<u8>>;
+    /// A message on `channel`, received through `subscription` (the channel
+    /// itself, or the pattern glob it matched).
+    fn message(&mut self, subscription: &[u8], channel: &[u8], payload: &[u8]);
+    /// Every subscription key to (re)subscribe after connecting.
+    fn keys(&self) -> Vec<Vec<u8>>;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -235,7 +239,7 @@ impl RedisBridge {
         self.backoff.reset();
         self.awaiting_pong = false;
         self.last_error.clear();
-        let channels = subs.channels();
+        let keys = subs.keys();
         let log = cycle_log();
         if !self.ever_connected {
             ngx_log_error!(
@@ -248,9 +252,9 @@ impl RedisBridge {
             ngx_log_error!(
                 NGX_LOG_NOTICE,
                 log,
-                "sse: reconnected to redis at {}, resubscribing {} channel(s)",
+                "sse: reconnected to redis at {}, resubscribing {} channel(s) and pattern(s)",
                 self.address(),
-                channels.len()
+                keys.len()
             );
         }
         self.ever_connected = true;
@@ -260,32 +264,32 @@ impl RedisBridge {
         if let Some(auth) = &self.auth {
             self.wbuf.extend_from_slice(auth);
         }
-        for batch in channels.chunks(SUBSCRIBE_BATCH) {
-            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(batch.iter().map(Vec::as_slice));
-            resp::encode_command(&mut self.wbuf, &args);
+        // The control channel first: revocations must work even before
+        // (and without) any client.
+        resp::encode_command(&mut self.wbuf, &[b"SUBSCRIBE", CONTROL_CHANNEL.as_bytes()]);
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        for batch in keys.chunks(SUBSCRIBE_BATCH) {
+            encode_subscriptions(&mut self.wbuf, Direction::Subscribe, batch);
         }
         // SAFETY: the ping timer is ours; the bridge outlives it.
         unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
         self.write_out();
     }
 
-    pub fn subscribe(&mut self, channels: &[&ChannelName]) {
-        self.command(b"SUBSCRIBE", channels);
+    pub fn subscribe(&mut self, keys: &[&[u8]]) {
+        self.command(Direction::Subscribe, keys);
     }
 
-    pub fn unsubscribe(&mut self, channels: &[&ChannelName]) {
-        self.command(b"UNSUBSCRIBE", channels);
+    pub fn unsubscribe(&mut self, keys: &[&[u8]]) {
+        self.command(Direction::Unsubscribe, keys);
     }
 
-    fn command(&mut self, name: &[u8], channels: &[&ChannelName]) {
+    fn command(&mut self, direction: Direction, keys: &[&[u8]]) {
         // Not connected: the full resubscription on connect covers it.
         if self.state != State::Ready {
             return;
         }
-        let mut args: Vec<&[u8]> = vec![name];
-        args.extend(channels.iter().map(|c| c.as_bytes()));
-        resp::encode_command(&mut self.wbuf, &args);
+        encode_subscriptions(&mut self.wbuf, direction, keys);
         self.write_out();
     }
 
@@ -388,7 +392,11 @@ impl RedisBridge {
                 }
             };
             match resp::pubsub_reply(&value) {
-                Ok(PubSubReply::Message { channel, payload }) => subs.message(channel, payload),
+                Ok(PubSubReply::Message {
+                    subscription,
+                    channel,
+                    payload,
+                }) => subs.message(subscription, channel, payload),
                 Ok(PubSubReply::Error(msg)) => {
                     let msg = msg.to_vec();
                     self.error_reply(&msg);
@@ -502,6 +510,31 @@ impl RedisBridge {
             if self.reconnect.timer_set() != 0 {
                 ngx_del_timer(&mut self.reconnect);
             }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// (P)SUBSCRIBE / (P)UNSUBSCRIBE commands for registry keys: keys with `*`
+/// are pattern globs.
+fn encode_subscriptions(out: &mut Vec<u8>, direction: Direction, keys: &[&[u8]]) {
+    let (channels, patterns): (Vec<&[u8]>, Vec<&[u8]>) =
+        keys.iter().partition(|k| !registry::is_pattern_key(k));
+    let names: [&[u8]; 2] = match direction {
+        Direction::Subscribe => [b"SUBSCRIBE", b"PSUBSCRIBE"],
+        Direction::Unsubscribe => [b"UNSUBSCRIBE", b"PUNSUBSCRIBE"],
+    };
+    for (name, keys) in names.into_iter().zip([channels, patterns]) {
+        if !keys.is_empty() {
+            let mut args = Vec::with_capacity(keys.len() + 1);
+            args.push(name);
+            args.extend(keys);
+            resp::encode_command(out, &args);
         }
     }
 }

@@ -26,18 +26,21 @@ use std::rc::Rc;
 use ngx::ffi::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
     ngx_create_temp_buf, ngx_current_msec, ngx_del_timer, ngx_event_t, ngx_handle_write_event,
-    ngx_http_cleanup_add, ngx_http_discard_request_body, ngx_http_finalize_request,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_send_header,
-    ngx_http_send_special, ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_AGAIN, NGX_DONE,
-    NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE, NGX_HTTP_GET, NGX_HTTP_LAST,
-    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN, NGX_OK,
+    ngx_http_cleanup_add, ngx_http_complex_value_t, ngx_http_discard_request_body,
+    ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_http_send_header, ngx_http_send_special,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_str_t, NGX_AGAIN, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE, NGX_HTTP_FORBIDDEN, NGX_HTTP_GET,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
-use sse_core::channel::ChannelName;
+use sse_core::envelope::{self, Envelope};
 use sse_core::frame;
+use sse_core::pattern::{Grants, Pattern};
 
-use crate::config::LocConf;
+use crate::config::{LocConf, REFUSED_DENY};
 use crate::ngx_ext::{add_static_header, static_str, NgxStrExt};
 use crate::{worker, SseModule};
 
@@ -75,7 +78,14 @@ fn buf_tag() -> *mut c_void {
 
 pub struct Stream {
     request: *mut ngx_http_request_t,
-    channels: Vec<ChannelName>,
+    /// What the client subscribed to (channels, or patterns where allowed).
+    subscriptions: Vec<Pattern>,
+    /// Their registry keys (see Pattern::subscription_key).
+    keys: Vec<Box<[u8]>>,
+    /// `sse_user`, for per-message audiences and revocation.
+    user: Option<Box<[u8]>>,
+    /// `sse_allow` as evaluated when the stream opened; `None`: open location.
+    grants: Option<Grants>,
     state: State,
     /// Frames not yet handed to nginx.
     queue: VecDeque<Frame>,
@@ -125,9 +135,9 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             return NGX_ERROR as ngx_int_t;
         };
 
-        let channels = match evaluate_channels(r, lcf) {
-            Ok(channels) => channels,
-            Err(reason) => return send_error(r, NGX_HTTP_BAD_REQUEST as ngx_int_t, &reason),
+        let admitted = match admit(r, lcf) {
+            Ok(admitted) => admitted,
+            Err((status, reason)) => return send_error(r, status as ngx_int_t, &reason),
         };
         if !worker::accepting() {
             return send_error(
@@ -137,14 +147,22 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             );
         }
 
-        let rc = send_stream_header(r, lcf.retry);
+        let rc = send_stream_header(r, lcf.retry, &admitted.refused);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return rc;
         }
 
+        let keys = admitted
+            .subscriptions
+            .iter()
+            .map(Pattern::subscription_key)
+            .collect();
         let stream = Box::new(Stream {
             request: r,
-            channels,
+            subscriptions: admitted.subscriptions,
+            keys,
+            user: admitted.user,
+            grants: admitted.grants,
             state: State::Open,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -182,34 +200,130 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             s.heartbeat.set_cancelable(1);
             ngx_add_timer(&mut s.heartbeat, s.heartbeat_ms);
         }
-        worker::register(key, &s.channels);
+        worker::register(key, &s.keys);
         NGX_DONE as ngx_int_t
     }
 }
 
-/// Evaluates the `sse_channel` values (variables included) and validates the
-/// resulting list. The error is the reason shown to the client.
-unsafe fn evaluate_channels(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-) -> Result<Vec<ChannelName>, String> {
-    let mut values = Vec::with_capacity(lcf.channels.len());
-    for &cv in &lcf.channels {
-        let mut value = static_str("");
-        // SAFETY: cv was compiled by set_channel for this location; the
-        // result lives in the request pool.
-        if unsafe { ngx::ffi::ngx_http_complex_value(r, cv, &mut value) } != NGX_OK as ngx_int_t {
-            return Err("sse: cannot evaluate sse_channel\n".into());
-        }
-        values.push(value);
-    }
-    let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
-    lcf.channels_for(&values).map_err(|e| format!("sse: {e}\n"))
+/// What a request may subscribe to, once `sse_channel`, `sse_allow` and
+/// `sse_user` are evaluated.
+struct Admitted {
+    subscriptions: Vec<Pattern>,
+    user: Option<Box<[u8]>>,
+    /// `None`: open location.
+    grants: Option<Grants>,
+    /// Requested but not granted, dropped (`sse_refused drop`).
+    refused: Vec<Pattern>,
 }
 
-/// Sends the SSE response header and the `retry:` field, flushed so the
-/// client sees the stream open at once.
-unsafe fn send_stream_header(r: *mut ngx_http_request_t, retry_ms: ngx_msec_t) -> ngx_int_t {
+/// Decides what the request gets; the error is a status and the reason
+/// shown to the client.
+unsafe fn admit(r: *mut ngx_http_request_t, lcf: &LocConf) -> Result<Admitted, (u32, String)> {
+    // SAFETY: `r` is live and the complex values were compiled for its
+    // location.
+    let (channels, user) = unsafe {
+        (
+            evaluate(r, &lcf.channels)?,
+            lcf.user.map(|cv| evaluate(r, &[cv])).transpose()?,
+        )
+    };
+    let values: Vec<&[u8]> = channels.iter().map(|v| v.as_bytes()).collect();
+    let mut subscriptions = lcf
+        .subscriptions_for(&values)
+        .map_err(|e| (NGX_HTTP_BAD_REQUEST, format!("sse: {e}\n")))?;
+
+    let user = match user.as_deref().map(|v| v[0].as_bytes()) {
+        None | Some(b"") => None,
+        Some(id) if envelope::valid_user(id) => Some(Box::from(id)),
+        Some(id) => {
+            // SAFETY: `r` is live.
+            let log = unsafe { (*(*r).connection).log };
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "sse: sse_user evaluated to an invalid user id \"{}\"",
+                String::from_utf8_lossy(id).escape_debug()
+            );
+            return Err((NGX_HTTP_FORBIDDEN, "sse: invalid user identity\n".into()));
+        }
+    };
+
+    let Some(allow) = &lcf.allow else {
+        return Ok(Admitted {
+            subscriptions,
+            user,
+            grants: None,
+            refused: Vec::new(),
+        });
+    };
+    // SAFETY: as above.
+    let grant_values = unsafe { evaluate(r, allow)? };
+    let (grants, invalid) = Grants::parse(
+        &grant_values
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>(),
+    );
+    if !invalid.is_empty() {
+        // SAFETY: `r` is live.
+        let log = unsafe { (*(*r).connection).log };
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "sse: ignoring invalid grant(s) from sse_allow: {}",
+            invalid.join(", ").escape_debug()
+        );
+    }
+    let (permitted, refused): (Vec<Pattern>, Vec<Pattern>) =
+        subscriptions.drain(..).partition(|s| grants.permits(s));
+    if !refused.is_empty() && (lcf.refused == REFUSED_DENY || permitted.is_empty()) {
+        let names: Vec<&str> = refused.iter().map(Pattern::as_str).collect();
+        return Err((
+            NGX_HTTP_FORBIDDEN,
+            format!("sse: not allowed: {}\n", names.join(", ")),
+        ));
+    }
+    Ok(Admitted {
+        subscriptions: permitted,
+        user,
+        grants: Some(grants),
+        refused,
+    })
+}
+
+/// Evaluates complex values (variables included) in the request.
+unsafe fn evaluate(
+    r: *mut ngx_http_request_t,
+    values: &[*mut ngx_http_complex_value_t],
+) -> Result<Vec<ngx_str_t>, (u32, String)> {
+    let mut out = Vec::with_capacity(values.len());
+    for &cv in values {
+        let mut value = static_str("");
+        // SAFETY: cv was compiled at configuration time for this location;
+        // the result lives in the request pool.
+        if unsafe { ngx::ffi::ngx_http_complex_value(r, cv, &mut value) } != NGX_OK as ngx_int_t {
+            return Err((
+                NGX_HTTP_INTERNAL_SERVER_ERROR,
+                "sse: cannot evaluate configuration\n".into(),
+            ));
+        }
+        out.push(value);
+    }
+    Ok(out)
+}
+
+/// The event that tells a client which requested channels were dropped
+/// (`sse_refused drop`); data is the comma-separated list.
+pub const REFUSED_EVENT: &[u8] = b"sse-refused";
+
+/// Sends the SSE response header, the `retry:` field and, if channels were
+/// dropped, the `sse-refused` event, flushed so the client sees the stream
+/// open at once.
+unsafe fn send_stream_header(
+    r: *mut ngx_http_request_t,
+    retry_ms: ngx_msec_t,
+    refused: &[Pattern],
+) -> ngx_int_t {
     // SAFETY: `r` is a live request whose header has not been sent.
     unsafe {
         let out = &mut (*r).headers_out;
@@ -227,9 +341,18 @@ unsafe fn send_stream_header(r: *mut ngx_http_request_t, retry_ms: ngx_msec_t) -
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return rc;
         }
-        let mut retry = Vec::with_capacity(24);
-        frame::encode_retry(&mut retry, retry_ms as u64);
-        let Some(mut cl) = pool_chain(r, &retry) else {
+        let mut first = Vec::with_capacity(24);
+        frame::encode_retry(&mut first, retry_ms as u64);
+        if !refused.is_empty() {
+            let names: Vec<&str> = refused.iter().map(Pattern::as_str).collect();
+            frame::encode_event(
+                &mut first,
+                Some(REFUSED_EVENT),
+                None,
+                names.join(",").as_bytes(),
+            );
+        }
+        let Some(mut cl) = pool_chain(r, &first) else {
             return NGX_ERROR as ngx_int_t;
         };
         (*cl.buf).set_flush(1);
@@ -282,6 +405,29 @@ unsafe fn send_error(r: *mut ngx_http_request_t, status: ngx_int_t, reason: &str
 }
 
 impl Stream {
+    /// Whether a message may reach this stream. `via_pattern`: it came
+    /// through a pattern subscription (Redis' globs match more than our
+    /// patterns, and a pattern may reach channels beyond the grants, so
+    /// both are checked per message). Concrete channels were checked
+    /// against the grants when the stream opened.
+    pub fn admits(&self, via_pattern: bool, channel: &[u8], envelope: &Envelope<'_>) -> bool {
+        if via_pattern {
+            if !self.subscriptions.iter().any(|s| s.matches(channel)) {
+                return false;
+            }
+            if let Some(grants) = &self.grants {
+                if !grants.allows(channel) {
+                    return false;
+                }
+            }
+        }
+        envelope.admits(self.user.as_deref())
+    }
+
+    pub fn user(&self) -> Option<&[u8]> {
+        self.user.as_deref()
+    }
+
     /// Queues a frame; no I/O happens until [`Stream::flush`]. A client that
     /// already owes more than `sse_max_backlog` is marked for closing.
     pub fn enqueue(&mut self, frame: Frame) {
@@ -317,7 +463,7 @@ impl Stream {
                         (*c).log,
                         "sse: closing stream of client {} with {} channel(s): {} bytes pending exceed sse_max_backlog {}",
                         (*c).addr_text.to_string_lossy(),
-                        s.channels.len(),
+                        s.subscriptions.len(),
                         s.pending_bytes,
                         s.max_backlog
                     );
@@ -413,7 +559,7 @@ impl Stream {
                 return;
             }
             s.state = State::Finished;
-            worker::unregister(this, &s.channels);
+            worker::unregister(this, &s.keys);
             if s.heartbeat.timer_set() != 0 {
                 ngx_del_timer(&mut s.heartbeat);
             }
@@ -480,7 +626,7 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
         let s = &mut *key.as_ptr();
         if s.state != State::Finished {
             s.state = State::Finished;
-            worker::unregister(key, &s.channels);
+            worker::unregister(key, &s.keys);
         }
         if s.heartbeat.timer_set() != 0 {
             ngx_del_timer(&mut s.heartbeat);

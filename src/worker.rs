@@ -14,14 +14,18 @@ use std::ptr;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
-use sse_core::channel::ChannelName;
-use sse_core::frame;
-use sse_core::registry::Registry;
+use std::rc::Rc;
 
+use sse_core::channel;
+use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
+use sse_core::frame;
+use sse_core::registry::{self, Registry};
+
+use crate::ngx_ext::cycle_log;
 use crate::redis::{RedisBridge, RedisEvent, Subscriptions};
 use crate::stream::{self, Frame, Stream, StreamKey};
 use crate::SseModule;
@@ -53,20 +57,20 @@ pub fn accepting() -> bool {
     with(|w| !w.exiting).unwrap_or(false)
 }
 
-/// Adds a stream to the registry; subscribes channels new to this worker.
-pub fn register(key: StreamKey, channels: &[ChannelName]) {
+/// Adds a stream to the registry; subscribes what is new to this worker.
+pub fn register(key: StreamKey, subscriptions: &[Box<[u8]>]) {
     with(|w| {
-        let new = w.registry.subscribe(key, channels);
+        let new = w.registry.subscribe(key, subscriptions);
         if !new.is_empty() {
             w.redis.subscribe(&new);
         }
     });
 }
 
-/// Removes a stream; unsubscribes channels nobody here wants any more.
-pub fn unregister(key: StreamKey, channels: &[ChannelName]) {
+/// Removes a stream; unsubscribes what nobody here wants any more.
+pub fn unregister(key: StreamKey, subscriptions: &[Box<[u8]>]) {
     with(|w| {
-        let gone = w.registry.unsubscribe(key, channels);
+        let gone = w.registry.unsubscribe(key, subscriptions);
         if !gone.is_empty() && !w.exiting {
             w.redis.unsubscribe(&gone);
         }
@@ -78,28 +82,57 @@ pub fn unregister(key: StreamKey, channels: &[ChannelName]) {
     });
 }
 
-/// The registry seen by the Redis bridge: where messages go and which
-/// channels to resubscribe after a reconnect.
+/// The registry seen by the Redis bridge: where messages go and what to
+/// resubscribe after a reconnect.
 struct FanOut<'a> {
     registry: &'a Registry<StreamKey>,
     dirty: &'a mut Vec<StreamKey>,
     scratch: &'a mut Vec<u8>,
+    /// Streams to end once the worker state is released (revocations).
+    revoked: &'a mut Vec<StreamKey>,
 }
 
 impl Subscriptions for FanOut<'_> {
-    fn message(&mut self, channel: &[u8], payload: &[u8]) {
-        let subscribers = self.registry.subscribers(channel);
+    fn message(&mut self, subscription: &[u8], channel: &[u8], payload: &[u8]) {
+        if channel::is_reserved(channel) {
+            // The module's own channels never reach clients.
+            if channel == CONTROL_CHANNEL.as_bytes() {
+                self.control(payload);
+            }
+            return;
+        }
+        let subscribers = self.registry.subscribers(subscription);
         if subscribers.is_empty() {
             // Unsubscribed a moment ago; Redis had already sent it.
             return;
         }
-        // Formatted once, shared by every subscriber.
-        self.scratch.clear();
-        frame::encode_event(self.scratch, Some(channel), None, payload);
-        let frame: std::rc::Rc<[u8]> = std::rc::Rc::from(&self.scratch[..]);
+        let envelope = match envelope::parse(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a message on \"{}\": {}",
+                    String::from_utf8_lossy(channel).escape_debug(),
+                    e
+                );
+                return;
+            }
+        };
+        let via_pattern = registry::is_pattern_key(subscription);
+        // Formatted once, on first use, and shared by every recipient.
+        let mut frame: Option<Rc<[u8]>> = None;
         for &key in subscribers {
             // SAFETY: registered streams are live; no nginx code runs here.
             let s = unsafe { &mut *key.as_ptr() };
+            if !s.admits(via_pattern, channel, &envelope) {
+                continue;
+            }
+            let frame = frame.get_or_insert_with(|| {
+                self.scratch.clear();
+                frame::encode_event(self.scratch, Some(channel), None, envelope.body);
+                Rc::from(&self.scratch[..])
+            });
             s.enqueue(Frame::Shared(frame.clone()));
             if !s.dirty {
                 s.dirty = true;
@@ -108,14 +141,38 @@ impl Subscriptions for FanOut<'_> {
         }
     }
 
-    fn channels(&self) -> Vec<Vec<u8>> {
-        self.registry.channels().map(<[u8]>::to_vec).collect()
+    fn keys(&self) -> Vec<Vec<u8>> {
+        self.registry.keys().map(<[u8]>::to_vec).collect()
+    }
+}
+
+impl FanOut<'_> {
+    fn control(&mut self, payload: &[u8]) {
+        match envelope::parse_control(payload) {
+            Ok(Control::Revoke(users)) => {
+                for key in self.registry.all_subscribers() {
+                    // SAFETY: registered streams are live.
+                    let user = unsafe { (*key.as_ptr()).user() };
+                    if user.is_some_and(|u| users.contains(&u)) && !self.revoked.contains(&key) {
+                        self.revoked.push(key);
+                    }
+                }
+            }
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a control message: {}",
+                    e
+                );
+            }
+        }
     }
 }
 
 /// Entry point of every Redis event handler.
 pub fn on_redis_event(event: RedisEvent, ev: *mut ngx_event_t) {
-    let batch = with(|w| {
+    let Some((batch, revoked)) = with(|w| {
         let Worker {
             registry,
             redis,
@@ -123,16 +180,27 @@ pub fn on_redis_event(event: RedisEvent, ev: *mut ngx_event_t) {
             scratch,
             ..
         } = w;
+        let mut revoked = Vec::new();
         let mut fan_out = FanOut {
             registry,
             dirty,
             scratch,
+            revoked: &mut revoked,
         };
         redis.handle(event, ev, &mut fan_out);
-        mem::take(dirty)
-    });
-    if let Some(batch) = batch {
-        flush_all(batch);
+        (mem::take(dirty), revoked)
+    }) else {
+        return;
+    };
+    flush_all(batch);
+    if !revoked.is_empty() {
+        ngx_log_error!(
+            NGX_LOG_INFO,
+            cycle_log(),
+            "sse: revocation: ending {} stream(s)",
+            revoked.len()
+        );
+        end_streams(revoked);
     }
 }
 
@@ -222,16 +290,21 @@ unsafe extern "C" fn shutdown_handler(_ev: *mut ngx_event_t) {
         w.registry.all_subscribers()
     })
     .unwrap_or_default();
+    end_streams(streams);
+    close_shutdown_watch();
+}
+
+/// Ends streams with a complete response: their browsers reconnect.
+fn end_streams(streams: Vec<StreamKey>) {
     for key in streams {
-        // SAFETY: registered streams are live; finishing one frees at most
-        // that one.
+        // SAFETY: the streams were registered (live) when listed, and
+        // finishing one frees at most that one.
         unsafe {
             let c = stream::connection_of(key);
             Stream::finish(key, true);
             ngx_http_run_posted_requests(c);
         }
     }
-    close_shutdown_watch();
 }
 
 fn close_shutdown_watch() {

@@ -269,10 +269,12 @@ $SIG{INT} = $SIG{TERM} = sub { die "killed by signal\n" };
 sub start_redis { SSETest::Redis->new(@_)->start }
 
 # redis_cmd($port, @args): one command on a fresh connection, returns the
-# parsed reply (see SSETest::RedisConn::read_reply).
+# parsed reply (see SSETest::RedisConn::read_reply). Instead of a port, an
+# SSETest::Redis may be given (needed when it has a password); the same holds
+# for redis_connect, numsub and wait_subscribed.
 sub redis_cmd {
     my ($port, @args) = @_;
-    my $conn = redis_connect($port) or die "cannot connect to redis on port $port: $!";
+    my $conn = redis_connect($port) or die "cannot connect to redis on port " . (ref $port ? $port->port : $port) . ": $!";
     my $reply = $conn->cmd(@args);
     $conn->close;
     return $reply;
@@ -303,16 +305,21 @@ use Time::HiRes qw(time sleep);
 
 # A redis-server child process on a loopback port. new() only picks the port,
 # so a test can start nginx while Redis is still down.
+# Options: port (default: a free one), password (requirepass), args (more
+# redis-server arguments, e.g. ['--maxclients', 100]).
 sub new {
     my ($class, %opt) = @_;
     my $self = bless {
-        port => $opt{port} || SSETest::free_port(),
-        dir  => SSETest::_tempdir('redis'),
+        port     => $opt{port} || SSETest::free_port(),
+        password => $opt{password},
+        args     => $opt{args} || [],
+        dir      => SSETest::_tempdir('redis'),
     }, $class;
     return $self;
 }
 
 sub port { $_[0]{port} }
+sub password { $_[0]{password} }
 sub pid  { $_[0]{pid} }
 sub log_text { SSETest::slurp("$_[0]{dir}/redis.log") }
 sub is_running { defined $_[0]{pid} }
@@ -325,9 +332,11 @@ sub start {
         $SSETest::REDIS_BIN,
         '--port', $self->{port}, '--bind', '127.0.0.1', '--daemonize', 'no',
         '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
-        '--logfile', "$self->{dir}/redis.log");
+        '--logfile', "$self->{dir}/redis.log",
+        (defined $self->{password} ? ('--requirepass', $self->{password}) : ()),
+        @{ $self->{args} });
     my $ok = SSETest::wait_until(sub {
-        my $pong = eval { SSETest::redis_cmd($self->{port}, 'PING') };
+        my $pong = eval { SSETest::redis_cmd($self, 'PING') };
         return 1 if defined $pong && $pong eq 'PONG';
         die "redis-server exited at start:\n" . $self->log_text . SSETest::slurp("$self->{dir}/redis.out")
             if waitpid($self->{pid}, POSIX::WNOHANG()) == $self->{pid};
@@ -349,7 +358,16 @@ sub stop {
 # Stops and starts again on the same port (the data set is empty anyway).
 sub restart { $_[0]->stop->start }
 
-sub cmd { my $self = shift; SSETest::redis_cmd($self->{port}, @_) }
+sub cmd { my $self = shift; SSETest::redis_cmd($self, @_) }
+
+# The connections Redis has, as hashes of CLIENT LIST fields (addr, cmd, sub,
+# ...), without the one asking.
+sub clients {
+    my ($self) = @_;
+    my $list = $self->cmd('CLIENT', 'LIST');
+    my @clients = map { { map { split /=/, $_, 2 } split / / } } split /\r?\n/, $list;
+    return grep { $_->{cmd} !~ /^client/ } @clients;
+}
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
 
@@ -368,14 +386,22 @@ package SSETest::RedisConn;
 
 use IO::Socket::INET;
 
+# new($port) or new($redis): with an SSETest::Redis started with a password,
+# the connection authenticates first.
 sub new {
-    my ($class, $port, %opt) = @_;
+    my ($class, $target, %opt) = @_;
+    my ($port, $password) = ref $target ? ($target->port, $target->password) : ($target, undef);
     my $sock = IO::Socket::INET->new(
         PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => $opt{timeout} || 5,
     ) or return;
     binmode $sock;
     $sock->autoflush(1);
-    return bless { sock => $sock, buf => '', timeout => $opt{timeout} || 10 }, $class;
+    my $self = bless { sock => $sock, buf => '', timeout => $opt{timeout} || 10 }, $class;
+    if (defined $password) {
+        my $ok = $self->cmd(AUTH => $password);
+        die "redis AUTH failed: $ok\n" unless defined $ok && $ok eq 'OK';
+    }
+    return $self;
 }
 
 sub encode {
@@ -877,6 +903,7 @@ sub new {
         line        => '',
         skip_lf     => 0,
         bom_checked => 0,
+        bom_probe   => '',
         data        => '',
         type        => '',
         last_id     => undef,
@@ -975,6 +1002,11 @@ sub _feed_raw {
 sub _feed_sse {
     my ($self, $bytes) = @_;
     if (!$self->{bom_checked}) {    # a UTF-8 BOM at the very start is skipped
+        $bytes = $self->{bom_probe} . $bytes;
+        if (length $bytes < 3 && substr("\xEF\xBB\xBF", 0, length $bytes) eq $bytes) {
+            $self->{bom_probe} = $bytes;    # maybe a BOM split over reads: wait
+            return;
+        }
         $self->{bom_checked} = 1;
         $bytes =~ s/^\xEF\xBB\xBF//;
     }

@@ -8,8 +8,19 @@
 
 use std::fmt;
 
+use crate::pattern::Pattern;
+
 /// Longest accepted channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
+
+/// Channels starting with this prefix are the module's own (the control
+/// channel): clients can neither subscribe to them nor receive them.
+pub const RESERVED_PREFIX: &str = "sse:";
+
+/// Whether a channel (as published) is one of the module's own.
+pub fn is_reserved(channel: &[u8]) -> bool {
+    channel.starts_with(RESERVED_PREFIX.as_bytes())
+}
 
 /// A validated channel name (see the module documentation for the rules).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +91,24 @@ pub enum ChannelError {
     },
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// `*` inside a segment, or `**` before the last segment.
+    MisplacedWildcard {
+        name: String,
+    },
+    /// A wildcard where the location does not allow pattern subscriptions.
+    PatternNotAllowed {
+        name: String,
+    },
+    /// Two requested subscriptions could match the same channel (the client
+    /// would get its events twice).
+    Overlap {
+        first: String,
+        second: String,
+    },
+    /// `sse:` names are the module's own (control messages).
+    Reserved {
+        name: String,
+    },
 }
 
 impl fmt::Display for ChannelError {
@@ -111,31 +140,76 @@ impl fmt::Display for ChannelError {
                 write!(f, "{count} channels requested, at most {max} allowed")
             }
             ChannelError::BadEscape => f.write_str("malformed %-escape in channel list"),
+            ChannelError::MisplacedWildcard { name } => write!(
+                f,
+                "pattern \"{}\": '*' must be a whole segment and '**' the last one",
+                name.escape_debug()
+            ),
+            ChannelError::PatternNotAllowed { name } => write!(
+                f,
+                "\"{}\" is a pattern; this location serves channels, not patterns",
+                name.escape_debug()
+            ),
+            ChannelError::Overlap { first, second } => write!(
+                f,
+                "\"{first}\" and \"{second}\" overlap; ask for each channel once"
+            ),
+            ChannelError::Reserved { name } => write!(
+                f,
+                "\"{}\" is reserved (names starting with \"{RESERVED_PREFIX}\" are the module's own)",
+                name.escape_debug()
+            ),
         }
     }
 }
 
 impl std::error::Error for ChannelError {}
 
-/// Turns the evaluated values of `sse_channel` into the channel list of one
+/// How a location reads channel lists.
+#[derive(Clone, Copy, Debug)]
+pub struct ListRules {
+    /// Most distinct subscriptions per connection.
+    pub max: usize,
+    /// Whether wildcard patterns may be subscribed to.
+    pub patterns: bool,
+}
+
+/// Turns the evaluated values of `sse_channel` into the subscriptions of one
 /// connection: each value is percent-decoded once (so `encodeURIComponent`
 /// output works), split at `,`, trimmed of spaces, validated, and de-duplicated
-/// keeping first occurrences in order. More than `max` distinct channels, or
-/// none, is an error.
+/// keeping first occurrences in order. More than `rules.max` distinct
+/// subscriptions, none, reserved names, and (with patterns) two that overlap
+/// are errors.
 pub fn parse_channel_list<V: AsRef<[u8]>>(
     values: &[V],
-    max: usize,
-) -> Result<Vec<ChannelName>, ChannelError> {
-    let mut channels: Vec<ChannelName> = Vec::new();
+    rules: ListRules,
+) -> Result<Vec<Pattern>, ChannelError> {
+    let mut channels: Vec<Pattern> = Vec::new();
     for value in values {
         let decoded = percent_decode(value.as_ref())?;
         for item in decoded.split(|&b| b == b',') {
-            let channel = ChannelName::parse(item.trim_ascii())?;
-            if !channels.contains(&channel) {
-                channels.push(channel);
+            let item = item.trim_ascii();
+            let shown = || String::from_utf8_lossy(item).into_owned();
+            let channel = Pattern::parse(item)?;
+            if !channel.is_concrete() && !rules.patterns {
+                return Err(ChannelError::PatternNotAllowed { name: shown() });
             }
+            if is_reserved(item) {
+                return Err(ChannelError::Reserved { name: shown() });
+            }
+            if channels.contains(&channel) {
+                continue;
+            }
+            if let Some(other) = channels.iter().find(|c| c.overlaps(&channel)) {
+                return Err(ChannelError::Overlap {
+                    first: other.to_string(),
+                    second: channel.to_string(),
+                });
+            }
+            channels.push(channel);
         }
     }
+    let max = rules.max;
     if channels.is_empty() {
         return Err(ChannelError::Empty);
     }
@@ -178,8 +252,24 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
-    fn names(list: &[ChannelName]) -> Vec<&str> {
-        list.iter().map(ChannelName::as_str).collect()
+    fn names(list: &[Pattern]) -> Vec<&str> {
+        list.iter().map(Pattern::as_str).collect()
+    }
+
+    const RULES: ListRules = ListRules {
+        max: 10,
+        patterns: false,
+    };
+    const PATTERNS: ListRules = ListRules {
+        max: 10,
+        patterns: true,
+    };
+
+    fn rules(max: usize) -> ListRules {
+        ListRules {
+            max,
+            patterns: false,
+        }
     }
 
     #[test]
@@ -230,39 +320,73 @@ mod tests {
 
     #[test]
     fn list_splits_trims_and_dedups() {
-        let list = parse_channel_list(&["a, b ,a", "c"], 10).unwrap();
+        let list = parse_channel_list(&["a, b ,a", "c"], RULES).unwrap();
         assert_eq!(names(&list), ["a", "b", "c"]);
     }
 
     #[test]
     fn list_percent_decodes_once() {
-        let list = parse_channel_list(&["logs%3Aw1%3Af1%2Cmetrics%3aw1"], 10).unwrap();
+        let list = parse_channel_list(&["logs%3Aw1%3Af1%2Cmetrics%3aw1"], RULES).unwrap();
         assert_eq!(names(&list), ["logs:w1:f1", "metrics:w1"]);
         // Double encoding stays encoded, and '%' is not a name byte.
-        assert!(parse_channel_list(&["a%252Cb"], 10).is_err());
+        assert!(parse_channel_list(&["a%252Cb"], RULES).is_err());
         assert_eq!(
-            parse_channel_list(&["a%2"], 10),
+            parse_channel_list(&["a%2"], RULES),
             Err(ChannelError::BadEscape)
         );
         assert_eq!(
-            parse_channel_list(&["a%zz"], 10),
+            parse_channel_list(&["a%zz"], RULES),
             Err(ChannelError::BadEscape)
         );
     }
 
     #[test]
     fn list_refuses_empty_items_and_too_many() {
-        assert_eq!(parse_channel_list(&["a,,b"], 10), Err(ChannelError::Empty));
-        assert_eq!(parse_channel_list(&[""], 10), Err(ChannelError::Empty));
         assert_eq!(
-            parse_channel_list::<&str>(&[], 10),
+            parse_channel_list(&["a,,b"], RULES),
+            Err(ChannelError::Empty)
+        );
+        assert_eq!(parse_channel_list(&[""], RULES), Err(ChannelError::Empty));
+        assert_eq!(
+            parse_channel_list::<&str>(&[], RULES),
             Err(ChannelError::Empty)
         );
         assert_eq!(
-            parse_channel_list(&["a,b,c"], 2),
+            parse_channel_list(&["a,b,c"], rules(2)),
             Err(ChannelError::TooMany { count: 3, max: 2 })
         );
         // Duplicates do not count against the limit.
-        assert!(parse_channel_list(&["a,a,a,b"], 2).is_ok());
+        assert!(parse_channel_list(&["a,a,a,b"], rules(2)).is_ok());
+    }
+
+    #[test]
+    fn patterns_only_where_allowed() {
+        assert!(matches!(
+            parse_channel_list(&["dashboards:*"], RULES),
+            Err(ChannelError::PatternNotAllowed { .. })
+        ));
+        let list = parse_channel_list(&["dashboards:*,alerts:u1"], PATTERNS).unwrap();
+        assert_eq!(names(&list), ["dashboards:*", "alerts:u1"]);
+        assert!(matches!(
+            parse_channel_list(&["dash*"], PATTERNS),
+            Err(ChannelError::MisplacedWildcard { .. })
+        ));
+    }
+
+    #[test]
+    fn overlapping_subscriptions_are_refused() {
+        let err = parse_channel_list(&["dashboards:*,dashboards:7"], PATTERNS).unwrap_err();
+        assert!(matches!(err, ChannelError::Overlap { .. }), "{err}");
+        assert!(parse_channel_list(&["a:*:c,a:b:*"], PATTERNS).is_err());
+        assert!(parse_channel_list(&["a:*,b:*"], PATTERNS).is_ok());
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        assert!(matches!(
+            parse_channel_list(&["sse:control"], RULES),
+            Err(ChannelError::Reserved { .. })
+        ));
+        assert!(is_reserved(b"sse:control") && !is_reserved(b"ssex:control"));
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`frame`]: the SSE wire format (events, retry, heartbeats);
 //! - [`channel`]: channel names and the channel lists clients ask for;
+//! - [`pattern`]: channel patterns and grants (who may read what);
+//! - [`envelope`]: the optional envelope of a published message (audience);
 //! - [`resp`]: the Redis protocol (replies in, commands out);
 //! - [`redis_url`]: the `sse_redis_url` value;
 //! - [`registry`]: which subscriber of a worker wants which channel;
@@ -11,7 +13,9 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod envelope;
 pub mod frame;
+pub mod pattern;
 pub mod redis_url;
 pub mod registry;
 pub mod resp;

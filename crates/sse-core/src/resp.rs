@@ -150,8 +150,11 @@ pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
 /// What a reply on a subscribed connection means to us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PubSubReply<'a> {
-    /// A message published on a channel we subscribed to.
+    /// A message published on a channel we subscribed to (`subscription`
+    /// is the channel) or that matched a pattern we subscribed to
+    /// (`subscription` is the pattern).
     Message {
+        subscription: &'a [u8],
         channel: &'a [u8],
         payload: &'a [u8],
     },
@@ -193,11 +196,24 @@ pub fn pubsub_reply<'a>(value: &Value<'a>) -> Result<PubSubReply<'a>, Unexpected
     };
     let bytes: Vec<Option<&[u8]>> = items.iter().map(Value::as_bytes).collect();
     match bytes.as_slice() {
-        [Some(b"message"), Some(channel), Some(payload)] => {
-            Ok(PubSubReply::Message { channel, payload })
+        [Some(b"message"), Some(channel), Some(payload)] => Ok(PubSubReply::Message {
+            subscription: channel,
+            channel,
+            payload,
+        }),
+        [Some(b"pmessage"), Some(pattern), Some(channel), Some(payload)] => {
+            Ok(PubSubReply::Message {
+                subscription: pattern,
+                channel,
+                payload,
+            })
         }
-        [Some(b"subscribe"), Some(channel), _] => Ok(PubSubReply::Subscribed { channel }),
-        [Some(b"unsubscribe"), Some(channel), _] => Ok(PubSubReply::Unsubscribed { channel }),
+        [Some(b"subscribe" | b"psubscribe"), Some(channel), _] => {
+            Ok(PubSubReply::Subscribed { channel })
+        }
+        [Some(b"unsubscribe" | b"punsubscribe"), Some(channel), _] => {
+            Ok(PubSubReply::Unsubscribed { channel })
+        }
         // PING in subscribe mode answers ["pong", ""].
         [Some(b"pong"), ..] => Ok(PubSubReply::Ack),
         _ => Err(UnexpectedReply(format!(
@@ -261,6 +277,7 @@ mod tests {
         assert_eq!(
             pubsub_reply(&value),
             Ok(PubSubReply::Message {
+                subscription: b"chan",
                 channel: b"chan",
                 payload: b"hello\r\nworld"
             })
@@ -284,6 +301,20 @@ mod tests {
         let deep = "*1\r\n".repeat(20) + ":1\r\n";
         assert!(parse(deep.as_bytes()).is_err());
         assert!(parse(&vec![b'+'; MAX_LINE + 10]).is_err());
+    }
+
+    #[test]
+    fn pattern_messages_name_their_pattern() {
+        let raw = b"*4\r\n$8\r\npmessage\r\n$3\r\nd:*\r\n$3\r\nd:7\r\n$2\r\nhi\r\n";
+        let (v, _) = parse(raw).unwrap().unwrap();
+        assert_eq!(
+            pubsub_reply(&v),
+            Ok(PubSubReply::Message {
+                subscription: b"d:*",
+                channel: b"d:7",
+                payload: b"hi"
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! The publishing format: a payload is delivered verbatim, unless its first
+//! byte is 0x1E (ASCII "record separator"), which marks an *envelope*:
+//!
+//! ```text
+//! \x1e sse1 [to=USER[,USER...]] \n BODY
+//! ```
+//!
+//! - `sse1` is the format version; the header ends at the first `\n`;
+//! - `to=` names the audience: only streams whose `sse_user` is one of these
+//!   users receive the event (others on the same channel never see it);
+//! - BODY, everything after the first `\n`, is the event's data, verbatim.
+//!
+//! No payload is ambiguous: one that does not start with 0x1E is never read
+//! as an envelope, and one that does is always read as one. A publisher
+//! whose raw payload starts with 0x1E wraps it in an empty envelope
+//! (`\x1esse1\n` + payload). An envelope that cannot be read is an error:
+//! the message is skipped and logged, never delivered to everyone.
+
+use std::fmt;
+
+use crate::channel::ChannelName;
+
+pub const MARK: u8 = 0x1e;
+const VERSION: &[u8] = b"sse1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// `None`: every subscriber of the channel; `Some`: only these users.
+    pub audience: Option<Vec<&'a [u8]>>,
+    pub body: &'a [u8],
+}
+
+impl Envelope<'_> {
+    /// Whether a stream of `user` (None: anonymous) may receive this event.
+    pub fn admits(&self, user: Option<&[u8]>) -> bool {
+        match (&self.audience, user) {
+            (None, _) => true,
+            (Some(users), Some(user)) => users.contains(&user),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeError {
+    NoHeaderEnd,
+    Version,
+    UnknownField(String),
+    BadUser(String),
+    EmptyAudience,
+}
+
+impl fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvelopeError::NoHeaderEnd => f.write_str("envelope header has no terminating newline"),
+            EnvelopeError::Version => f.write_str("envelope does not start with \"sse1\""),
+            EnvelopeError::UnknownField(x) => write!(f, "envelope has an unknown field \"{x}\""),
+            EnvelopeError::BadUser(u) => write!(f, "envelope names an invalid user \"{u}\""),
+            EnvelopeError::EmptyAudience => f.write_str("envelope has an empty \"to=\" list"),
+        }
+    }
+}
+
+impl std::error::Error for EnvelopeError {}
+
+pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    if payload.first() != Some(&MARK) {
+        return Ok(Envelope {
+            audience: None,
+            body: payload,
+        });
+    }
+    let rest = &payload[1..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(EnvelopeError::NoHeaderEnd)?;
+    let (header, body) = (&rest[..end], &rest[end + 1..]);
+    let mut fields = header.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    if fields.next() != Some(VERSION) {
+        return Err(EnvelopeError::Version);
+    }
+    let mut audience = None;
+    for field in fields {
+        let Some(users) = field.strip_prefix(b"to=") else {
+            return Err(EnvelopeError::UnknownField(
+                String::from_utf8_lossy(field).into_owned(),
+            ));
+        };
+        if audience.is_some() {
+            return Err(EnvelopeError::UnknownField("to (twice)".into()));
+        }
+        let list: Vec<&[u8]> = users.split(|&b| b == b',').collect();
+        if list.iter().all(|u| u.is_empty()) {
+            return Err(EnvelopeError::EmptyAudience);
+        }
+        for user in &list {
+            if !valid_user(user) {
+                return Err(EnvelopeError::BadUser(
+                    String::from_utf8_lossy(user).into_owned(),
+                ));
+            }
+        }
+        audience = Some(list);
+    }
+    Ok(Envelope { audience, body })
+}
+
+/// User ids follow the channel name rules (they appear in channel names
+/// such as `alerts:u42`, in logs and in envelopes).
+pub fn valid_user(user: &[u8]) -> bool {
+    ChannelName::parse(user).is_ok()
+}
+
+/// Messages on the control channel, [`CONTROL_CHANNEL`].
+pub const CONTROL_CHANNEL: &str = "sse:control";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control<'a> {
+    /// `revoke USER [USER...]`: close these users' streams now, on every
+    /// worker of every nginx; their browsers reconnect and authenticate anew.
+    Revoke(Vec<&'a [u8]>),
+}
+
+pub fn parse_control(payload: &[u8]) -> Result<Control<'_>, String> {
+    let mut words = payload
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    match words.next() {
+        Some(b"revoke") => {
+            let users: Vec<&[u8]> = words.collect();
+            if users.is_empty() {
+                return Err("\"revoke\" names no user".into());
+            }
+            if let Some(bad) = users.iter().find(|u| !valid_user(u)) {
+                return Err(format!(
+                    "\"revoke\" names an invalid user \"{}\"",
+                    String::from_utf8_lossy(bad)
+                ));
+            }
+            Ok(Control::Revoke(users))
+        }
+        Some(other) => Err(format!(
+            "unknown control command \"{}\"",
+            String::from_utf8_lossy(other)
+        )),
+        None => Err("empty control message".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_payloads_are_verbatim() {
+        for raw in [
+            &b""[..],
+            b"hello",
+            b"sse1 to=u1\nx",
+            b"\n\x1esse1\n",
+            b"\xff\x00",
+        ] {
+            assert_eq!(
+                parse(raw),
+                Ok(Envelope {
+                    audience: None,
+                    body: raw
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn audience_envelope() {
+        let env = parse(b"\x1esse1 to=u1,u2\n{\"a\":1}\nline2").unwrap();
+        assert_eq!(env.audience, Some(vec![&b"u1"[..], b"u2"]));
+        assert_eq!(env.body, b"{\"a\":1}\nline2");
+        assert!(env.admits(Some(b"u1")) && env.admits(Some(b"u2")));
+        assert!(!env.admits(Some(b"u3")) && !env.admits(None) && !env.admits(Some(b"u")));
+    }
+
+    #[test]
+    fn empty_envelope_carries_any_payload() {
+        let env = parse(b"\x1esse1\n\x1esse1 to=x\nstill body").unwrap();
+        assert_eq!(env.audience, None);
+        assert_eq!(env.body, b"\x1esse1 to=x\nstill body");
+        assert!(env.admits(None));
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors_not_broadcasts() {
+        assert_eq!(parse(b"\x1esse1 to=u1"), Err(EnvelopeError::NoHeaderEnd));
+        assert_eq!(parse(b"\x1esse2\nx"), Err(EnvelopeError::Version));
+        assert_eq!(parse(b"\x1e\nx"), Err(EnvelopeError::Version));
+        assert!(matches!(
+            parse(b"\x1esse1 cc=u1\nx"),
+            Err(EnvelopeError::UnknownField(_))
+        ));
+        assert!(matches!(
+            parse(b"\x1esse1 to=u1 to=u2\nx"),
+            Err(EnvelopeError::UnknownField(_))
+        ));
+        assert_eq!(parse(b"\x1esse1 to=\nx"), Err(EnvelopeError::EmptyAudience));
+        assert!(matches!(
+            parse(b"\x1esse1 to=u 1\nx"),
+            Err(EnvelopeError::UnknownField(_))
+        ));
+        assert!(matches!(
+            parse(b"\x1esse1 to=u1,,u2\nx"),
+            Err(EnvelopeError::BadUser(_))
+        ));
+        assert!(matches!(
+            parse(b"\x1esse1 to=\xc3\xa9\nx"),
+            Err(EnvelopeError::BadUser(_))
+        ));
+    }
+
+    #[test]
+    fn control_messages() {
+        assert_eq!(
+            parse_control(b"revoke u42"),
+            Ok(Control::Revoke(vec![&b"u42"[..]]))
+        );
+        assert_eq!(
+            parse_control(b" revoke  a b\n"),
+            Ok(Control::Revoke(vec![&b"a"[..], b"b"]))
+        );
+        assert!(parse_control(b"revoke").is_err());
+        assert!(parse_control(b"revoke a,b").is_err());
+        assert!(parse_control(b"shutdown").is_err());
+        assert!(parse_control(b"").is_err());
+    }
+}
