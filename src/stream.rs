@@ -429,17 +429,18 @@ impl Stream {
     }
 
     /// Queues a frame; no I/O happens until [`Stream::flush`]. A client that
-    /// already owes more than `sse_max_backlog` is marked for closing.
+    /// would owe more than `sse_max_backlog` is marked for closing; one that
+    /// owes nothing always gets the frame, however large (it is not slow).
     pub fn enqueue(&mut self, frame: Frame) {
         if self.state != State::Open {
             return;
         }
         let len = frame.bytes().len();
-        if self.pending_bytes + len > self.max_backlog {
+        self.pending_bytes += len;
+        if self.pending_bytes > self.max_backlog && self.pending_bytes > len {
             self.state = State::Overflowed;
             return;
         }
-        self.pending_bytes += len;
         self.queue.push_back(frame);
     }
 

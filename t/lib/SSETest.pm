@@ -24,13 +24,11 @@ use strict;
 use warnings;
 
 use Cwd qw(abs_path);
-use Errno qw(EAGAIN EWOULDBLOCK EINTR EINPROGRESS);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
-use Socket qw(SOL_SOCKET SO_RCVBUF inet_aton pack_sockaddr_in);
 use Test::More ();
 use Time::HiRes qw(time sleep);
 
@@ -45,6 +43,7 @@ our @EXPORT = qw(
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
 our $NGINX_BIN  = $ENV{NGINX_BIN}  || '/usr/sbin/nginx';
 our $SSE_MODULE = $ENV{SSE_MODULE} || "$REPO/target/release/libngx_http_sse_module.so";
+$SSE_MODULE = abs_path($SSE_MODULE) if -f $SSE_MODULE;    # load_module is relative to the prefix
 our $REDIS_BIN  = $ENV{REDIS_BIN}  || 'redis-server';
 
 # Every process group we started (pid => 1) and every prefix kept for the
