@@ -2,10 +2,12 @@
 //! byte is 0x1E (ASCII "record separator"), which marks an *envelope*:
 //!
 //! ```text
-//! \x1e sse1 [to=USER[,USER...]] \n BODY
+//! \x1e sse1 [id=N] [to=USER[,USER...]] \n BODY
 //! ```
 //!
 //! - `sse1` is the format version; the header ends at the first `\n`;
+//! - `id=` is the event's position in the history (set by the `sse_publish`
+//!   Redis function, see `redis/sse.lua`); it becomes the SSE `id:`;
 //! - `to=` names the audience: only streams whose `sse_user` is one of these
 //!   users receive the event (others on the same channel never see it);
 //! - BODY, everything after the first `\n`, is the event's data, verbatim.
@@ -25,6 +27,8 @@ const VERSION: &[u8] = b"sse1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
+    /// Global sequence number of a message published with history.
+    pub id: Option<u64>,
     /// `None`: every subscriber of the channel; `Some`: only these users.
     pub audience: Option<Vec<&'a [u8]>>,
     pub body: &'a [u8],
@@ -48,6 +52,7 @@ pub enum EnvelopeError {
     UnknownField(String),
     BadUser(String),
     EmptyAudience,
+    BadId(String),
 }
 
 impl fmt::Display for EnvelopeError {
@@ -58,6 +63,7 @@ impl fmt::Display for EnvelopeError {
             EnvelopeError::UnknownField(x) => write!(f, "envelope has an unknown field \"{x}\""),
             EnvelopeError::BadUser(u) => write!(f, "envelope names an invalid user \"{u}\""),
             EnvelopeError::EmptyAudience => f.write_str("envelope has an empty \"to=\" list"),
+            EnvelopeError::BadId(id) => write!(f, "envelope has an invalid id \"{id}\""),
         }
     }
 }
@@ -67,6 +73,7 @@ impl std::error::Error for EnvelopeError {}
 pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     if payload.first() != Some(&MARK) {
         return Ok(Envelope {
+            id: None,
             audience: None,
             body: payload,
         });
@@ -82,7 +89,16 @@ pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         return Err(EnvelopeError::Version);
     }
     let mut audience = None;
+    let mut id = None;
     for field in fields {
+        if let Some(value) = field.strip_prefix(b"id=") {
+            let shown = || String::from_utf8_lossy(value).into_owned();
+            if id.is_some() {
+                return Err(EnvelopeError::UnknownField("id (twice)".into()));
+            }
+            id = Some(parse_id(value).ok_or_else(|| EnvelopeError::BadId(shown()))?);
+            continue;
+        }
         let Some(users) = field.strip_prefix(b"to=") else {
             return Err(EnvelopeError::UnknownField(
                 String::from_utf8_lossy(field).into_owned(),
@@ -104,7 +120,18 @@ pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         }
         audience = Some(list);
     }
-    Ok(Envelope { audience, body })
+    Ok(Envelope { id, audience, body })
+}
+
+/// Event ids are decimal u64 without sign or leading zeros (what INCR gives).
+pub fn parse_id(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 || (raw[0] == b'0' && raw.len() > 1) {
+        return None;
+    }
+    if !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
 /// User ids follow the channel name rules (they appear in channel names
@@ -165,6 +192,7 @@ mod tests {
             assert_eq!(
                 parse(raw),
                 Ok(Envelope {
+                    id: None,
                     audience: None,
                     body: raw
                 })
@@ -231,5 +259,28 @@ mod tests {
         assert!(parse_control(b"revoke a,b").is_err());
         assert!(parse_control(b"shutdown").is_err());
         assert!(parse_control(b"").is_err());
+    }
+
+    #[test]
+    fn ids() {
+        let env = parse(b"\x1esse1 id=42 to=u1\nbody").unwrap();
+        assert_eq!(env.id, Some(42));
+        assert_eq!(env.audience, Some(vec![&b"u1"[..]]));
+        assert_eq!(parse(b"\x1esse1 id=7\n").unwrap().id, Some(7));
+        for bad in [
+            &b"\x1esse1 id=\nx"[..],
+            b"\x1esse1 id=-1\nx",
+            b"\x1esse1 id=01\nx",
+            b"\x1esse1 id=1a\nx",
+            b"\x1esse1 id=99999999999999999999999\nx",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(EnvelopeError::BadId(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_id(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_id(b"18446744073709551616"), None);
+        assert_eq!(parse_id(b"0"), Some(0));
     }
 }

@@ -5,6 +5,7 @@
 //! - [`channel`]: channel names and the channel lists clients ask for;
 //! - [`pattern`]: channel patterns and grants (who may read what);
 //! - [`envelope`]: the optional envelope of a published message (audience);
+//! - [`history`]: Last-Event-ID resume and gap detection over Redis Streams;
 //! - [`resp`]: the Redis protocol (replies in, commands out);
 //! - [`redis_url`]: the `sse_redis_url` value;
 //! - [`registry`]: which subscriber of a worker wants which channel;
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod channel;
 pub mod envelope;
 pub mod frame;
+pub mod history;
 pub mod pattern;
 pub mod redis_url;
 pub mod registry;

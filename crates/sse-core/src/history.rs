@@ -1,0 +1,334 @@
+//! History and resume: what a (re)connecting stream must be sent before it
+//! goes live, computed from what Redis holds.
+//!
+//! Messages published with the `sse_publish` function (`redis/sse.lua`) get a
+//! global sequence number N, shared by all channels; each channel's history
+//! is a Redis Stream whose entries have id `N-0` and fields `d` (data), `p`
+//! (the previous N on that channel) and optionally `t` (audience). Because N
+//! orders events across channels, the one `Last-Event-ID` a browser keeps is
+//! enough to resume a multiplexed stream: replay every entry with id > N on
+//! each channel, merged by id.
+//!
+//! A gap (history no longer held) is detected exactly: the oldest replayed
+//! entry's `p` is after the client's position, or nothing is held although
+//! the channel's last id (`<prefix>:last`) is after it.
+
+use crate::envelope;
+use crate::resp::Value;
+
+/// Where a stream starts, from `Last-Event-ID` (header or query argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// No id: a new subscriber.
+    Fresh,
+    /// Resume after this event id.
+    After(u64),
+    /// An id we did not issue: start from newest, and say so (gap).
+    Malformed,
+}
+
+impl Resume {
+    /// The header wins over the query argument (a reconnecting EventSource
+    /// sends the header, the page's first connection can only use the query).
+    pub fn from_request(header: Option<&[u8]>, arg: Option<&[u8]>) -> Resume {
+        match header
+            .filter(|h| !h.is_empty())
+            .or(arg.filter(|a| !a.is_empty()))
+        {
+            None => Resume::Fresh,
+            Some(raw) => {
+                envelope::parse_id(raw.trim_ascii()).map_or(Resume::Malformed, Resume::After)
+            }
+        }
+    }
+}
+
+/// One history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u64,
+    /// The previous id on the same channel (0: none).
+    pub prev: u64,
+    pub data: Vec<u8>,
+    pub audience: Option<Vec<Vec<u8>>>,
+}
+
+impl Entry {
+    pub fn admits(&self, user: Option<&[u8]>) -> bool {
+        match (&self.audience, user) {
+            (None, _) => true,
+            (Some(users), Some(user)) => users.iter().any(|u| u == user),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Parses an XRANGE / XREVRANGE reply: `[[id, [field, value, ...]], ...]`.
+pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, String> {
+    let items = match value {
+        Value::Array(Some(items)) => items,
+        Value::Array(None) => return Ok(Vec::new()),
+        Value::Error(e) => return Err(String::from_utf8_lossy(e).into_owned()),
+        _ => return Err("XRANGE reply is not an array".into()),
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(Some(pair)) = item else {
+            return Err("XRANGE entry is not an array".into());
+        };
+        let [raw_id, Value::Array(Some(fields))] = pair.as_slice() else {
+            return Err("XRANGE entry is not [id, fields]".into());
+        };
+        let raw_id = raw_id.as_bytes().ok_or("XRANGE entry id is not a string")?;
+        let id = raw_id
+            .strip_suffix(b"-0")
+            .and_then(envelope::parse_id)
+            .ok_or_else(|| {
+                format!(
+                    "entry id \"{}\" was not written by sse_publish",
+                    String::from_utf8_lossy(raw_id)
+                )
+            })?;
+        let mut entry = Entry {
+            id,
+            prev: 0,
+            data: Vec::new(),
+            audience: None,
+        };
+        for kv in fields.chunks(2) {
+            let [k, v] = kv else {
+                return Err("odd number of fields".into());
+            };
+            let (Some(k), Some(v)) = (k.as_bytes(), v.as_bytes()) else {
+                return Err("field is not a string".into());
+            };
+            match k {
+                b"d" => entry.data = v.to_vec(),
+                b"p" => entry.prev = envelope::parse_id(v).ok_or("bad \"p\" field")?,
+                b"t" => {
+                    entry.audience = Some(v.split(|&b| b == b',').map(<[u8]>::to_vec).collect())
+                }
+                _ => {}
+            }
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// What Redis answered about one channel.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelHistory {
+    /// Entries after the position (any order).
+    pub entries: Vec<Entry>,
+    /// `HGET <prefix>:last <channel>`: the newest id ever published on it.
+    pub last_id: Option<u64>,
+}
+
+/// The outcome for one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Indices of the channels whose history has a hole before the replay.
+    pub gaps: Vec<usize>,
+    /// `(channel index, entry)` to send, in id order.
+    pub events: Vec<(usize, Entry)>,
+    /// The position after the replay: ids up to this one are delivered.
+    pub position: u64,
+}
+
+/// Plans the replay of a stream resuming after `since`. `seq` is the
+/// current global sequence: an id beyond it was not issued by this Redis
+/// (a foreign or stale id), which is reported as a gap on every channel.
+pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory>) -> Plan {
+    if since > seq {
+        return Plan {
+            gaps: (0..channels.len()).collect(),
+            events: Vec::new(),
+            position: seq,
+        };
+    }
+    let mut gaps = Vec::new();
+    let mut events = Vec::new();
+    for (i, history) in channels.into_iter().enumerate() {
+        let mut entries: Vec<Entry> = history
+            .entries
+            .into_iter()
+            .filter(|e| e.id > since)
+            .collect();
+        entries.sort_by_key(|e| e.id);
+        let gap = match entries.first() {
+            Some(first) => first.prev > since,
+            None => history.last_id.is_some_and(|last| last > since),
+        };
+        if gap {
+            gaps.push(i);
+        }
+        events.extend(entries.into_iter().map(|e| (i, e)));
+    }
+    events.sort_by_key(|(_, e)| e.id);
+    let position = events.last().map_or(since, |(_, e)| e.id).max(since);
+    Plan {
+        gaps,
+        events,
+        position,
+    }
+}
+
+/// Plans the start of a new subscriber that wants the last `n` messages of
+/// each channel (`entries` are each channel's newest, any order).
+pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory>) -> Plan {
+    let mut events = Vec::new();
+    for (i, history) in channels.into_iter().enumerate() {
+        let mut entries = history.entries;
+        entries.sort_by_key(|e| e.id);
+        let skip = entries.len().saturating_sub(n);
+        events.extend(entries.into_iter().skip(skip).map(|e| (i, e)));
+    }
+    events.sort_by_key(|(_, e)| e.id);
+    Plan {
+        gaps: Vec::new(),
+        events,
+        position: seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp;
+
+    fn e(id: u64, prev: u64) -> Entry {
+        Entry {
+            id,
+            prev,
+            data: format!("m{id}").into_bytes(),
+            audience: None,
+        }
+    }
+
+    fn ch(entries: Vec<Entry>, last: Option<u64>) -> ChannelHistory {
+        ChannelHistory {
+            entries,
+            last_id: last,
+        }
+    }
+
+    fn ids(plan: &Plan) -> Vec<(usize, u64)> {
+        plan.events.iter().map(|(c, e)| (*c, e.id)).collect()
+    }
+
+    #[test]
+    fn last_event_id_sources() {
+        assert_eq!(Resume::from_request(None, None), Resume::Fresh);
+        assert_eq!(Resume::from_request(Some(b""), None), Resume::Fresh);
+        assert_eq!(
+            Resume::from_request(Some(b"42"), Some(b"7")),
+            Resume::After(42)
+        );
+        assert_eq!(Resume::from_request(None, Some(b"7")), Resume::After(7));
+        assert_eq!(Resume::from_request(Some(b" 9 "), None), Resume::After(9));
+        for bad in [
+            &b"abc"[..],
+            b"1700000000-0",
+            b"-1",
+            b"1.5",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(
+                Resume::from_request(Some(bad), None),
+                Resume::Malformed,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resume_merges_channels_by_id_without_gap() {
+        // channel 0 had 2, 5, 9; channel 1 had 3, 4, 8; client saw up to 3.
+        let plan = plan_resume(
+            3,
+            9,
+            vec![
+                ch(vec![e(9, 5), e(5, 2)], Some(9)),
+                ch(vec![e(4, 3), e(8, 4)], Some(8)),
+            ],
+        );
+        assert_eq!(ids(&plan), [(1, 4), (0, 5), (1, 8), (0, 9)]);
+        assert!(plan.gaps.is_empty());
+        assert_eq!(plan.position, 9);
+    }
+
+    #[test]
+    fn trimmed_history_is_a_gap() {
+        // The entry before 7 on this channel was 5, after the client's 3.
+        let plan = plan_resume(3, 9, vec![ch(vec![e(7, 5), e(9, 7)], Some(9))]);
+        assert_eq!(plan.gaps, [0]);
+        assert_eq!(ids(&plan), [(0, 7), (0, 9)]);
+        // Nothing held although the channel's last id is after the client's.
+        let plan = plan_resume(
+            3,
+            9,
+            vec![ch(vec![], Some(6)), ch(vec![], Some(2)), ch(vec![], None)],
+        );
+        assert_eq!(plan.gaps, [0]);
+        assert_eq!(plan.position, 3);
+    }
+
+    #[test]
+    fn foreign_position_is_a_gap_everywhere() {
+        let plan = plan_resume(100, 9, vec![ch(vec![e(9, 0)], Some(9)), ch(vec![], None)]);
+        assert_eq!(plan.gaps, [0, 1]);
+        assert!(plan.events.is_empty());
+        assert_eq!(plan.position, 9);
+    }
+
+    #[test]
+    fn fresh_start_with_last_n() {
+        let plan = plan_fresh(
+            10,
+            2,
+            vec![
+                ch(vec![e(10, 6), e(6, 2), e(2, 0)], Some(10)),
+                ch(vec![e(7, 0)], Some(7)),
+            ],
+        );
+        assert_eq!(ids(&plan), [(0, 6), (1, 7), (0, 10)]);
+        assert_eq!(plan.position, 10);
+    }
+
+    #[test]
+    fn parses_xrange_replies() {
+        let raw = b"*2\r\n*2\r\n$3\r\n5-0\r\n*4\r\n$1\r\nd\r\n$5\r\nhello\r\n$1\r\np\r\n$1\r\n2\r\n\
+                    *2\r\n$3\r\n9-0\r\n*6\r\n$1\r\nd\r\n$0\r\n\r\n$1\r\np\r\n$1\r\n5\r\n$1\r\nt\r\n$5\r\na,b,c\r\n";
+        let (v, _) = resp::parse(raw).unwrap().unwrap();
+        let entries = parse_entries(&v).unwrap();
+        assert_eq!(
+            entries[0],
+            Entry {
+                id: 5,
+                prev: 2,
+                data: b"hello".to_vec(),
+                audience: None
+            }
+        );
+        assert_eq!(
+            entries[1].audience,
+            Some(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        );
+        assert!(
+            entries[1].admits(Some(b"b"))
+                && !entries[1].admits(Some(b"d"))
+                && !entries[1].admits(None)
+        );
+        let (v, _) = resp::parse(b"*1\r\n*2\r\n$15\r\n1700000000000-0\r\n*0\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(parse_entries(&v).is_ok());
+        let (v, _) = resp::parse(b"*1\r\n*2\r\n$5\r\n1-123\r\n*0\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(parse_entries(&v).is_err());
+        let (v, _) = resp::parse(b"*0\r\n").unwrap().unwrap();
+        assert_eq!(parse_entries(&v), Ok(vec![]));
+    }
+}

@@ -1,0 +1,59 @@
+#!lua name=nginx_sse
+--[[
+nginx-sse publishing function: history + notification in one atomic call.
+
+  FCALL sse_publish 0 <channel> <payload> [maxlen=N] [ttl=SECONDS] [to=USER,...] [prefix=P]
+
+1. takes the next global sequence number N from <P>:seq (one counter for all
+   channels, so one SSE id orders events across every channel a browser
+   multiplexes);
+2. appends {d=payload, p=previous id on this channel, t=audience} to the
+   stream <P>:h:<channel> with entry id N-0, keeps its last `maxlen` entries
+   (default 1000) and lets an idle channel's history expire after `ttl`
+   seconds (default 86400; 0 = never);
+3. records N as the channel's last id in the hash <P>:last (used to detect
+   history that is gone);
+4. publishes "\x1esse1 id=N [to=...]\n<payload>" on <channel>, the envelope
+   nginx-sse reads;
+and returns N. The default prefix P is "sse". Keys are not declared, so this
+needs a standalone Redis (or one where all these keys live on one node).
+]]
+
+local function publish(keys, args)
+  local channel, payload = args[1], args[2]
+  if not channel or not payload then
+    return redis.error_reply('usage: FCALL sse_publish 0 <channel> <payload> [maxlen=N] [ttl=S] [to=U,...] [prefix=P]')
+  end
+  if string.find(channel, '^sse:') then
+    return redis.error_reply('channels starting with "sse:" are reserved')
+  end
+  local maxlen, ttl, to, prefix = 1000, 86400, nil, 'sse'
+  for i = 3, #args do
+    local k, v = string.match(args[i], '^(%w+)=(.*)$')
+    if k == 'maxlen' and tonumber(v) and tonumber(v) >= 1 then maxlen = math.floor(tonumber(v))
+    elseif k == 'ttl' and tonumber(v) and tonumber(v) >= 0 then ttl = math.floor(tonumber(v))
+    elseif k == 'to' and v ~= '' and not string.find(v, '[%s\n]') then to = v
+    elseif k == 'prefix' and v ~= '' then prefix = v
+    else return redis.error_reply('bad option "' .. args[i] .. '"') end
+  end
+
+  local stream = prefix .. ':h:' .. channel
+  local last = prefix .. ':last'
+  local id = redis.call('INCR', prefix .. ':seq')
+  local prev = redis.call('HGET', last, channel) or '0'
+  local entry = { 'd', payload, 'p', prev }
+  if to then
+    entry[#entry + 1] = 't'
+    entry[#entry + 1] = to
+  end
+  redis.call('XADD', stream, 'MAXLEN', maxlen, id .. '-0', unpack(entry))
+  redis.call('HSET', last, channel, id)
+  if ttl > 0 then redis.call('EXPIRE', stream, ttl) end
+
+  local header = '\30sse1 id=' .. id
+  if to then header = header .. ' to=' .. to end
+  redis.call('PUBLISH', channel, header .. '\n' .. payload)
+  return id
+end
+
+redis.register_function('sse_publish', publish)
