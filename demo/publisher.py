@@ -169,19 +169,22 @@ def main():
         if a.verbose:
             print(f"  {channel} -> {receivers} subscriber(s): {payload}", flush=True)
 
-    sent, next_metrics = 0, 0.0
+    sent, next_log, next_metrics = 0, 0.0, 0.0
     try:
         while not a.count or sent < a.count:
-            ws, wf = random.choice(workspaces), random.choice(workflows)
-            send(f"logs:{ws}:{wf}", log_line(ws, wf))
-            sent += 1
-            if time.monotonic() >= next_metrics:
-                next_metrics = time.monotonic() + 1
+            now = time.monotonic()
+            if now >= next_metrics:
+                next_metrics = now + 1
                 for w in workspaces:
                     send(f"metrics:{w}", metrics(w, workflows))
-            if users and random.random() < 0.01:
-                send(f"alerts:{random.choice(users)}", alert(ws, workflows))
-            time.sleep(random.expovariate(a.rate))
+            if now >= next_log:
+                next_log = now + random.expovariate(a.rate)
+                ws, wf = random.choice(workspaces), random.choice(workflows)
+                send(f"logs:{ws}:{wf}", log_line(ws, wf))
+                sent += 1
+                if users and random.random() < 0.01:
+                    send(f"alerts:{random.choice(users)}", alert(ws, workflows))
+            time.sleep(max(0.0, min(next_log, next_metrics) - time.monotonic()))
     except (KeyboardInterrupt, SystemExit):
         pass
     print(f"publisher: stopped after {sent} log lines", flush=True)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # functions run from traps look unreachable
 # nginx-sse demo: redis-server + nginx with the module + a fake ETL publisher,
 # all on 127.0.0.1, all stopped by Ctrl-C. `make demo` builds the module and
 # then runs this script.

@@ -14,6 +14,9 @@
 //! | `sse_user`         | http, server, location  | [`LocConf::user`]       |
 //! | `sse_channel_patterns` | http, server, location | [`LocConf::patterns`] |
 //! | `sse_refused`      | http, server, location  | [`LocConf::refused`]    |
+//! | `sse_history`      | http, server, location  | [`LocConf::history`]    |
+//! | `sse_history_start`| http, server, location  | [`LocConf::history_start`] |
+//! | `sse_redis_prefix` | http                    | [`MainConf::prefix`]    |
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -74,6 +77,19 @@ pub struct MainConf {
     /// Whether any location uses `sse_channel`: if none does, workers do not
     /// open a Redis connection at all.
     pub used: bool,
+    /// Whether any SSE location keeps history: then workers also open a
+    /// commands connection (and load the `sse_publish` function).
+    pub history_used: bool,
+    /// `sse_redis_prefix`: the prefix of every Redis key of the history.
+    pub prefix: Option<String>,
+}
+
+pub const DEFAULT_PREFIX: &str = "sse";
+
+impl MainConf {
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
 }
 
 /// What `sse_refused` says to do with requested channels the grants do not
@@ -100,6 +116,9 @@ pub struct LocConf {
     pub max_channels: ngx_int_t,
     pub patterns: ngx_flag_t,
     pub refused: ngx_uint_t,
+    pub history: ngx_flag_t,
+    /// `sse_history_start`: 0 is `newest`, N the last N messages.
+    pub history_start: ngx_int_t,
 }
 
 impl Default for LocConf {
@@ -116,6 +135,8 @@ impl Default for LocConf {
             max_channels: UNSET_NUM,
             patterns: UNSET_FLAG,
             refused: UNSET_UINT,
+            history: UNSET_FLAG,
+            history_start: UNSET_NUM,
         }
     }
 }
@@ -144,6 +165,8 @@ impl Merge for LocConf {
             DEFAULT_MAX_CHANNELS,
         );
         merge(&mut self.patterns, prev.patterns, UNSET_FLAG, 0);
+        merge(&mut self.history, prev.history, UNSET_FLAG, 0);
+        merge(&mut self.history_start, prev.history_start, UNSET_NUM, 0);
         merge(&mut self.refused, prev.refused, UNSET_UINT, REFUSED_DENY);
         if self.allow.is_none() {
             self.allow = prev.allow.clone();
@@ -184,7 +207,7 @@ static mut REFUSED_MODES: [ngx_conf_enum_t; 3] = [
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 11] = [
+pub static mut COMMANDS: [ngx_command_t; 14] = [
     ngx_command_t {
         name: ngx_string!("sse_redis_url"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -267,8 +290,85 @@ pub static mut COMMANDS: [ngx_command_t; 11] = [
         offset: offset_of!(LocConf, refused),
         post: addr_of_mut!(REFUSED_MODES) as *mut c_void,
     },
+    ngx_command_t {
+        name: ngx_string!("sse_history"),
+        type_: (ANY_LEVEL | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, history),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_history_start"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_history_start),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, history_start),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_redis_prefix"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_prefix),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
+
+/// Most messages `sse_history_start` may replay per channel.
+pub const MAX_HISTORY_START: ngx_int_t = 10_000;
+
+/// `sse_history_start newest | N;`
+extern "C" fn set_history_start(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration and the
+    // directive's arguments.
+    let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
+    if lcf.history_start != UNSET_NUM {
+        return ConfError::Duplicate.report(cf, "sse_history_start");
+    }
+    let value = args[1].to_string_lossy();
+    lcf.history_start = match value.as_str() {
+        "newest" => 0,
+        n => match n.parse::<ngx_int_t>() {
+            Ok(n) if (1..=MAX_HISTORY_START).contains(&n) => n,
+            _ => {
+                return ConfError::BadValue(
+                    value,
+                    format!("expected \"newest\" or a count from 1 to {MAX_HISTORY_START}"),
+                )
+                .report(cf, "sse_history_start")
+            }
+        },
+    };
+    ptr::null_mut()
+}
+
+/// `sse_redis_prefix PREFIX;` — the same rules as a channel name, so keys
+/// stay readable and never collide with `:`-less junk.
+extern "C" fn set_prefix(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration and the
+    // directive's arguments.
+    let (main, args) = unsafe { (&mut *(conf as *mut MainConf), conf_args(cf)) };
+    if main.prefix.is_some() {
+        return ConfError::Duplicate.report(cf, "sse_redis_prefix");
+    }
+    let value = args[1].to_string_lossy();
+    if let Err(e) = sse_core::channel::ChannelName::parse(value.as_bytes()) {
+        return ConfError::BadValue(value, e.to_string()).report(cf, "sse_redis_prefix");
+    }
+    main.prefix = Some(value);
+    ptr::null_mut()
+}
 
 /// A configuration error, turned into an `nginx -t` message that names the
 /// directive and the offending value.
@@ -279,6 +379,7 @@ enum ConfError {
     BadComplexValue(String),
     Duplicate,
     BadGrant(String, String),
+    BadValue(String, String),
 }
 
 impl ConfError {
@@ -313,6 +414,13 @@ impl ConfError {
                     NGX_LOG_EMERG,
                     cf,
                     "\"{directive}\": invalid pattern(s) {entries} in \"{value}\""
+                );
+            }
+            ConfError::BadValue(value, why) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"{directive}\": invalid value \"{value}\": {why}"
                 );
             }
             ConfError::Duplicate => {
@@ -561,6 +669,12 @@ pub unsafe extern "C" fn merge_loc_conf(
     let (prev, lcf) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf)) };
     if lcf.merge(prev).is_err() {
         return NGX_CONF_ERROR as *mut c_char;
+    }
+    if lcf.history == 1 && !lcf.channels.is_empty() {
+        // SAFETY: `cf` is the configuration being merged.
+        if let Some(main) = crate::SseModule::main_conf_mut(unsafe { &*cf }) {
+            main.history_used = true;
+        }
     }
     if lcf.allow.is_none() {
         let client_input = lcf.channel_sources.iter().find(|v| {

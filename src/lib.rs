@@ -5,7 +5,8 @@
 //! - [`config`]: directives, typed configuration, `nginx -t` errors;
 //! - [`stream`]: the content handler and the life of one SSE connection;
 //! - [`worker`]: per-worker state, fan-out, process start and shutdown;
-//! - [`redis`]: the worker's Redis connection inside nginx's event loop;
+//! - [`redis`]: the worker's Redis connections inside nginx's event loop;
+//! - [`history`]: replay, catch-up and de-duplication of one stream;
 //! - [`ngx_ext`]: small wrappers around the raw FFI.
 //!
 //! The wire format, channel rules, Redis protocol and registry are pure Rust
@@ -17,6 +18,7 @@ use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
 mod config;
+mod history;
 mod ngx_ext;
 mod redis;
 mod stream;

@@ -1,5 +1,8 @@
-//! The Redis bridge: one non-blocking pub/sub connection per worker, driven
-//! by nginx's own event loop (no thread, no async runtime).
+//! The Redis bridge: non-blocking Redis connections driven by nginx's own
+//! event loop (no thread, no async runtime). Each worker has one
+//! *subscriber* connection (SUBSCRIBE/PSUBSCRIBE, messages in) and, when
+//! some location keeps history, one *commands* connection (history reads:
+//! requests and replies matched in order).
 //!
 //! States: `Down` (waiting for the reconnect timer) → `Connecting` (TCP
 //! handshake in progress) → `Ready` (AUTH and SUBSCRIBE sent, messages
@@ -8,6 +11,7 @@
 //! every channel of the registry is subscribed again; messages published
 //! while the connection was down are not delivered (pub/sub is at most once).
 
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::ptr;
 
@@ -21,7 +25,7 @@ use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
 use sse_core::envelope::CONTROL_CHANNEL;
 use sse_core::registry;
-use sse_core::resp::{self, PubSubReply};
+use sse_core::resp::{self, PubSubReply, Value};
 
 use crate::config::RedisTarget;
 use crate::ngx_ext::cycle_log;
@@ -39,13 +43,82 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Channels per SUBSCRIBE command when resubscribing many at once.
 const SUBSCRIBE_BATCH: usize = 512;
 
-/// What the bridge needs from the fan-out side.
-pub trait Subscriptions {
-    /// A message on `channel`, received through `subscription` (the channel
-    /// itself, or the pattern glob it matched).
+/// What the bridge needs from the worker.
+pub trait Sink {
+    /// Subscriber: a message on `channel`, received through `subscription`
+    /// (the channel itself, or the pattern glob it matched).
     fn message(&mut self, subscription: &[u8], channel: &[u8], payload: &[u8]);
-    /// Every subscription key to (re)subscribe after connecting.
+    /// Subscriber: every subscription key to (re)subscribe after connecting.
     fn keys(&self) -> Vec<Vec<u8>>;
+    /// Subscriber: (re)connected and (re)subscribed; messages published
+    /// while it was down are missing.
+    fn resubscribed(&mut self);
+    /// Subscriber: Redis has processed everything sent before `PING token`.
+    fn barrier(&mut self, token: u64);
+    /// Commands: the connection is ready for requests.
+    fn commands_ready(&mut self);
+    /// Commands: the reply to a request.
+    fn reply(&mut self, request: Request, value: &Value<'_>);
+    /// Commands: the connection broke; these requests got no reply.
+    fn commands_lost(&mut self, requests: Vec<Request>);
+}
+
+/// A request on the commands connection, as the worker tags it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub stream: u64,
+    /// The stream's read generation: replies to an abandoned read are ignored.
+    pub generation: u32,
+    pub kind: RequestKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// GET of the global sequence.
+    Seq,
+    /// XRANGE / XREVRANGE of channel `i` of the stream's history.
+    Range(usize),
+    /// HGET of channel `i`'s last id.
+    Last(usize),
+}
+
+/// What a reply on the commands connection answers.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    /// AUTH or PING: an error means the connection is unusable.
+    Internal,
+    /// FUNCTION LOAD of redis/sse.lua: an error is logged, not fatal.
+    FunctionLoad,
+    Request(Request),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Subscriber = 1,
+    Commands = 2,
+}
+
+impl Role {
+    /// Roles travel in `c->data` and timer `ev->data` (no pointer needed:
+    /// there is one bridge of each role per worker).
+    fn tag(self) -> *mut c_void {
+        self as usize as *mut c_void
+    }
+
+    fn from_tag(tag: *mut c_void) -> Option<Role> {
+        match tag as usize {
+            1 => Some(Role::Subscriber),
+            2 => Some(Role::Commands),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Role::Subscriber => "redis",
+            Role::Commands => "redis (history)",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +139,14 @@ enum State {
 }
 
 pub struct RedisBridge {
+    role: Role,
     state: State,
+    /// Commands: requests whose connection broke, to hand back to the sink.
+    pub(crate) lost_requests: Vec<Request>,
+    /// Commands: what each reply in flight answers, oldest first.
+    pending: VecDeque<Pending>,
+    /// Commands: the function library to load on connect.
+    function: Option<&'static str>,
     sockaddr: *mut ngx::ffi::sockaddr,
     socklen: ngx::ffi::socklen_t,
     name: ngx_str_t,
@@ -92,7 +172,11 @@ pub struct RedisBridge {
 }
 
 impl RedisBridge {
-    pub fn new(target: &RedisTarget) -> Option<Box<Self>> {
+    pub fn new(
+        target: &RedisTarget,
+        role: Role,
+        function: Option<&'static str>,
+    ) -> Option<Box<Self>> {
         let auth = target.url.password.as_ref().map(|password| {
             let mut cmd = Vec::new();
             match &target.url.username {
@@ -107,7 +191,11 @@ impl RedisBridge {
         // is a C struct for which all-zero is the initial state.
         let mut bridge = unsafe {
             Box::new(RedisBridge {
+                role,
                 state: State::Down,
+                lost_requests: Vec::new(),
+                pending: VecDeque::new(),
+                function,
                 sockaddr: target.sockaddr,
                 socklen: target.socklen,
                 name: target.name,
@@ -137,6 +225,7 @@ impl RedisBridge {
         ] {
             ev.handler = Some(handler);
             ev.log = log;
+            ev.data = role.tag();
             // Our timers never keep an exiting worker alive.
             ev.set_cancelable(1);
         }
@@ -144,15 +233,18 @@ impl RedisBridge {
     }
 
     fn address(&self) -> String {
-        String::from_utf8_lossy(self.name.as_bytes()).into_owned()
+        format!(
+            "{} at {}",
+            self.role.label(),
+            String::from_utf8_lossy(self.name.as_bytes())
+        )
     }
 
-    pub fn handle(
-        &mut self,
-        event: RedisEvent,
-        ev: *mut ngx_event_t,
-        subs: &mut dyn Subscriptions,
-    ) {
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    pub fn handle(&mut self, event: RedisEvent, ev: *mut ngx_event_t, subs: &mut dyn Sink) {
         match (event, self.state) {
             (_, State::Closed) => {}
             (RedisEvent::Start | RedisEvent::Reconnect, State::Down) => self.connect(subs),
@@ -162,9 +254,26 @@ impl RedisBridge {
             (RedisEvent::Ping, State::Ready) => self.ping(),
             _ => {}
         }
+        if !self.lost_requests.is_empty() {
+            subs.commands_lost(std::mem::take(&mut self.lost_requests));
+        }
     }
 
-    fn connect(&mut self, subs: &mut dyn Subscriptions) {
+    /// Subscriber: sends `PING <token>`; [`Sink::barrier`] is called with
+    /// the token once Redis has processed every command sent before it.
+    pub fn barrier(&mut self, token: u64) -> bool {
+        if self.state != State::Ready || self.role != Role::Subscriber {
+            return false;
+        }
+        resp::encode_command(
+            &mut self.wbuf,
+            &[&b"PING"[..], token.to_string().as_bytes()],
+        );
+        self.write_out();
+        true
+    }
+
+    fn connect(&mut self, subs: &mut dyn Sink) {
         // SAFETY: all-zero is the initial state of ngx_peer_connection_t; the
         // address and name live in the configuration pool for the cycle.
         unsafe {
@@ -190,7 +299,7 @@ impl RedisBridge {
             (*(*c).write).log = log;
             (*(*c).read).handler = Some(read_handler);
             (*(*c).write).handler = Some(write_handler);
-            (*c).data = ptr::null_mut();
+            (*c).data = self.role.tag();
             self.conn = c;
             if rc == NGX_AGAIN as ngx_int_t {
                 self.state = State::Connecting;
@@ -201,7 +310,7 @@ impl RedisBridge {
         self.connected(subs);
     }
 
-    fn finish_connect(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Subscriptions) {
+    fn finish_connect(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Sink) {
         // SAFETY: `ev` is the write event of our live connection.
         unsafe {
             if (*ev).timedout() != 0 {
@@ -234,25 +343,24 @@ impl RedisBridge {
     }
 
     /// TCP is up: authenticate, subscribe everything the registry holds.
-    fn connected(&mut self, subs: &mut dyn Subscriptions) {
+    fn connected(&mut self, subs: &mut dyn Sink) {
         self.state = State::Ready;
         self.backoff.reset();
         self.awaiting_pong = false;
         self.last_error.clear();
-        let keys = subs.keys();
+        let keys = if self.role == Role::Subscriber {
+            subs.keys()
+        } else {
+            Vec::new()
+        };
         let log = cycle_log();
         if !self.ever_connected {
-            ngx_log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                "sse: connected to redis at {}",
-                self.address()
-            );
+            ngx_log_error!(NGX_LOG_NOTICE, log, "sse: connected to {}", self.address());
         } else {
             ngx_log_error!(
                 NGX_LOG_NOTICE,
                 log,
-                "sse: reconnected to redis at {}, resubscribing {} channel(s) and pattern(s)",
+                "sse: reconnected to {}, resubscribing {} channel(s) and pattern(s)",
                 self.address(),
                 keys.len()
             );
@@ -261,19 +369,59 @@ impl RedisBridge {
         self.failure_logged = false;
         self.wbuf.clear();
         self.wpos = 0;
+        self.pending.clear();
         if let Some(auth) = &self.auth {
             self.wbuf.extend_from_slice(auth);
-        }
-        // The control channel first: revocations must work even before
-        // (and without) any client.
-        resp::encode_command(&mut self.wbuf, &[b"SUBSCRIBE", CONTROL_CHANNEL.as_bytes()]);
-        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        for batch in keys.chunks(SUBSCRIBE_BATCH) {
-            encode_subscriptions(&mut self.wbuf, Direction::Subscribe, batch);
+            self.pending.push_back(Pending::Internal);
         }
         // SAFETY: the ping timer is ours; the bridge outlives it.
         unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
-        self.write_out();
+        match self.role {
+            Role::Subscriber => {
+                // The control channel first: revocations must work even
+                // before (and without) any client.
+                resp::encode_command(&mut self.wbuf, &[b"SUBSCRIBE", CONTROL_CHANNEL.as_bytes()]);
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                for batch in keys.chunks(SUBSCRIBE_BATCH) {
+                    encode_subscriptions(&mut self.wbuf, Direction::Subscribe, batch);
+                }
+                self.write_out();
+                if self.state == State::Ready {
+                    subs.resubscribed();
+                }
+            }
+            Role::Commands => {
+                if let Some(code) = self.function {
+                    resp::encode_command(
+                        &mut self.wbuf,
+                        &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", code.as_bytes()],
+                    );
+                    self.pending.push_back(Pending::FunctionLoad);
+                }
+                self.write_out();
+                if self.state == State::Ready {
+                    subs.commands_ready();
+                }
+            }
+        }
+    }
+
+    /// Commands: sends a request whose reply goes to [`Sink::reply`].
+    /// Returns false if the connection is not ready (nothing is sent).
+    pub fn request<A: AsRef<[u8]>>(&mut self, request: Request, args: &[A]) -> bool {
+        if self.state != State::Ready || self.role != Role::Commands {
+            return false;
+        }
+        resp::encode_command(&mut self.wbuf, args);
+        self.pending.push_back(Pending::Request(request));
+        true
+    }
+
+    /// Commands: writes the requests queued with [`RedisBridge::request`].
+    pub fn send(&mut self) {
+        if self.state == State::Ready {
+            self.write_out();
+        }
     }
 
     pub fn subscribe(&mut self, keys: &[&[u8]]) {
@@ -300,6 +448,9 @@ impl RedisBridge {
         }
         self.awaiting_pong = true;
         resp::encode_command(&mut self.wbuf, &[b"PING"]);
+        if self.role == Role::Commands {
+            self.pending.push_back(Pending::Internal);
+        }
         // SAFETY: the ping timer is ours.
         unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
         self.write_out();
@@ -332,7 +483,7 @@ impl RedisBridge {
         self.wpos = 0;
     }
 
-    fn read(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Subscriptions) {
+    fn read(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Sink) {
         let c = self.conn;
         let mut budget = READ_BUDGET;
         // SAFETY: Ready implies a live connection; `recv` writes at most the
@@ -376,8 +527,9 @@ impl RedisBridge {
 
     /// Handles every complete reply in the read buffer. Returns false if the
     /// connection was dropped.
-    fn dispatch(&mut self, subs: &mut dyn Subscriptions) -> bool {
+    fn dispatch(&mut self, subs: &mut dyn Sink) -> bool {
         let mut used = 0;
+        let mut fatal: Option<Vec<u8>> = None;
         loop {
             let value = match resp::parse(&self.rbuf[used..]) {
                 Ok(Some((value, n))) => {
@@ -391,12 +543,45 @@ impl RedisBridge {
                     return false;
                 }
             };
+            if self.role == Role::Commands {
+                // Replies come in the order of the requests.
+                match (self.pending.pop_front(), &value) {
+                    (Some(Pending::Request(request)), _) => subs.reply(request, &value),
+                    (Some(Pending::FunctionLoad), Value::Error(msg)) => {
+                        if self.last_error != *msg {
+                            ngx_log_error!(
+                                NGX_LOG_WARN,
+                                cycle_log(),
+                                "sse: {} refused to load the sse_publish function (\"{}\"); load redis/sse.lua yourself",
+                                self.address(),
+                                String::from_utf8_lossy(msg)
+                            );
+                            self.last_error = msg.to_vec();
+                        }
+                    }
+                    (Some(Pending::Internal), Value::Error(msg)) => {
+                        fatal = Some(msg.to_vec());
+                        break;
+                    }
+                    (Some(_), _) => {}
+                    (None, _) => {
+                        fatal = Some(b"a reply to no request".to_vec());
+                        break;
+                    }
+                }
+                continue;
+            }
             match resp::pubsub_reply(&value) {
                 Ok(PubSubReply::Message {
                     subscription,
                     channel,
                     payload,
                 }) => subs.message(subscription, channel, payload),
+                Ok(PubSubReply::Pong(token)) => {
+                    if let Some(token) = sse_core::envelope::parse_id(token) {
+                        subs.barrier(token);
+                    }
+                }
                 Ok(PubSubReply::Error(msg)) => {
                     let msg = msg.to_vec();
                     self.error_reply(&msg);
@@ -407,12 +592,16 @@ impl RedisBridge {
                     ngx_log_error!(
                         NGX_LOG_WARN,
                         cycle_log(),
-                        "sse: redis at {}: skipped: {}",
+                        "sse: {}: skipped: {}",
                         self.address(),
                         e
                     );
                 }
             }
+        }
+        if let Some(msg) = fatal {
+            self.error_reply(&msg);
+            return false;
         }
         self.rbuf.drain(..used);
         if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
@@ -429,7 +618,7 @@ impl RedisBridge {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 cycle_log(),
-                "sse: redis at {} answered \"{}\"; reconnecting",
+                "sse: {} answered \"{}\"; reconnecting",
                 self.address(),
                 String::from_utf8_lossy(msg)
             );
@@ -446,7 +635,7 @@ impl RedisBridge {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 cycle_log(),
-                "sse: lost connection to redis at {} ({}); reconnecting, open streams stay open",
+                "sse: lost connection to {} ({}); reconnecting, open streams stay open",
                 self.address(),
                 reason
             );
@@ -462,7 +651,7 @@ impl RedisBridge {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 cycle_log(),
-                "sse: cannot connect to redis at {} ({}); retrying with backoff, open streams stay open",
+                "sse: cannot connect to {} ({}); retrying with backoff, open streams stay open",
                 self.address(),
                 reason
             );
@@ -473,6 +662,11 @@ impl RedisBridge {
     }
 
     fn drop_connection(&mut self) {
+        self.lost_requests
+            .extend(self.pending.drain(..).filter_map(|p| match p {
+                Pending::Request(r) => Some(r),
+                _ => None,
+            }));
         if !self.conn.is_null() {
             // SAFETY: the connection is ours and closed once (pointer cleared).
             unsafe { ngx_close_connection(self.conn) };
@@ -539,18 +733,37 @@ fn encode_subscriptions(out: &mut Vec<u8>, direction: Direction, keys: &[&[u8]])
     }
 }
 
+/// The role of a connection event's connection.
+unsafe fn connection_role(ev: *mut ngx_event_t) -> Option<Role> {
+    // SAFETY: connection events carry their connection in `data`, and our
+    // connections carry their role tag.
+    unsafe { Role::from_tag((*((*ev).data as *mut ngx_connection_t)).data) }
+}
+
 unsafe extern "C" fn read_handler(ev: *mut ngx_event_t) {
-    worker::on_redis_event(RedisEvent::Readable, ev);
+    // SAFETY: nginx passes the read event of one of our connections.
+    if let Some(role) = unsafe { connection_role(ev) } {
+        worker::on_redis_event(role, RedisEvent::Readable, ev);
+    }
 }
 
 unsafe extern "C" fn write_handler(ev: *mut ngx_event_t) {
-    worker::on_redis_event(RedisEvent::Writable, ev);
+    // SAFETY: nginx passes the write event of one of our connections.
+    if let Some(role) = unsafe { connection_role(ev) } {
+        worker::on_redis_event(role, RedisEvent::Writable, ev);
+    }
 }
 
 unsafe extern "C" fn reconnect_handler(ev: *mut ngx_event_t) {
-    worker::on_redis_event(RedisEvent::Reconnect, ev);
+    // SAFETY: our timers carry their role tag in `data`.
+    if let Some(role) = Role::from_tag(unsafe { (*ev).data }) {
+        worker::on_redis_event(role, RedisEvent::Reconnect, ev);
+    }
 }
 
 unsafe extern "C" fn ping_handler(ev: *mut ngx_event_t) {
-    worker::on_redis_event(RedisEvent::Ping, ev);
+    // SAFETY: our timers carry their role tag in `data`.
+    if let Some(role) = Role::from_tag(unsafe { (*ev).data }) {
+        worker::on_redis_event(role, RedisEvent::Ping, ev);
+    }
 }

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use ngx::ffi::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
     ngx_create_temp_buf, ngx_current_msec, ngx_del_timer, ngx_event_t, ngx_handle_write_event,
-    ngx_http_cleanup_add, ngx_http_complex_value_t, ngx_http_discard_request_body,
+    ngx_http_arg, ngx_http_cleanup_add, ngx_http_complex_value_t, ngx_http_discard_request_body,
     ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_http_send_header, ngx_http_send_special,
     ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_str_t, NGX_AGAIN, NGX_DONE, NGX_ERROR,
@@ -38,10 +38,14 @@ use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 use sse_core::envelope::{self, Envelope};
 use sse_core::frame;
+use sse_core::history::Resume;
 use sse_core::pattern::{Grants, Pattern};
 
 use crate::config::{LocConf, REFUSED_DENY};
-use crate::ngx_ext::{add_static_header, static_str, NgxStrExt};
+use crate::history::History;
+use crate::ngx_ext::{
+    add_pool_header, add_static_header, find_request_header, static_str, NgxStrExt,
+};
 use crate::{worker, SseModule};
 
 /// Bytes of an event as sent on the wire, shared by all its recipients.
@@ -52,7 +56,7 @@ pub enum Frame {
 }
 
 impl Frame {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Frame::Shared(b) => b,
             Frame::Static(b) => b,
@@ -103,6 +107,10 @@ pub struct Stream {
     last_write: ngx_msec_t,
     /// Whether the stream is in the worker's list of streams to flush.
     pub(crate) dirty: bool,
+    /// Unique in the worker: how replies from Redis find the stream.
+    pub(crate) id: u64,
+    /// `sse_history on`: replay, catch-up and de-duplication state.
+    pub(crate) history: Option<History>,
 }
 
 pub type StreamKey = NonNull<Stream>;
@@ -147,6 +155,21 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             );
         }
 
+        let history = (lcf.history == 1).then(|| {
+            let resume = resume_position(r);
+            let channels = admitted
+                .subscriptions
+                .iter()
+                .filter(|p| p.is_concrete())
+                .map(|p| Box::<[u8]>::from(p.as_bytes()))
+                .collect();
+            History::new(resume, lcf.history_start as usize, channels)
+        });
+        if let Some(Resume::After(since)) = history.as_ref().map(History::resume) {
+            // Where the replay starts, for clients that read headers.
+            add_pool_header(r, "Last-Event-ID", since.to_string().as_bytes());
+        }
+
         let rc = send_stream_header(r, lcf.retry, &admitted.refused);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return rc;
@@ -174,6 +197,8 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             heartbeat_ms: lcf.heartbeat,
             last_write: ngx_current_msec,
             dirty: false,
+            id: worker::next_stream_id(),
+            history,
         });
         let cln = ngx_http_cleanup_add(r, 0);
         if cln.is_null() {
@@ -201,7 +226,33 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             ngx_add_timer(&mut s.heartbeat, s.heartbeat_ms);
         }
         worker::register(key, &s.keys);
+        if s.history.is_some() {
+            worker::start_history(key);
+        }
         NGX_DONE as ngx_int_t
+    }
+}
+
+/// The name of the query argument that carries the last event id on a
+/// first connection (EventSource cannot set headers).
+const LAST_EVENT_ID_ARG: &str = "last_event_id";
+
+/// `Last-Event-ID` from the header or, failing that, the query argument.
+unsafe fn resume_position(r: *mut ngx_http_request_t) -> Resume {
+    // SAFETY: `r` is live.
+    unsafe {
+        let header = find_request_header(r, "last-event-id");
+        let mut arg = static_str("");
+        let has_arg = ngx_http_arg(
+            r,
+            LAST_EVENT_ID_ARG.as_ptr() as *mut u8,
+            LAST_EVENT_ID_ARG.len(),
+            &mut arg,
+        ) == NGX_OK as ngx_int_t;
+        Resume::from_request(
+            header.map(|h| h.as_bytes()),
+            has_arg.then(|| arg.as_bytes()),
+        )
     }
 }
 
@@ -405,6 +456,49 @@ unsafe fn send_error(r: *mut ngx_http_request_t, status: ngx_int_t, reason: &str
 }
 
 impl Stream {
+    /// Takes a live event: held while a replay is under way, dropped if
+    /// its id was already sent, queued otherwise.
+    pub fn deliver(&mut self, id: Option<u64>, frame: Frame) {
+        if let Some(history) = &mut self.history {
+            if !history.is_live() {
+                if self.state == State::Open {
+                    let len = frame.bytes().len();
+                    self.pending_bytes += len;
+                    if self.pending_bytes > self.max_backlog && self.pending_bytes > len {
+                        self.state = State::Overflowed;
+                        return;
+                    }
+                    history.hold(id, frame);
+                }
+                return;
+            }
+            if !history.accept_live(id) {
+                return;
+            }
+        }
+        self.enqueue(frame);
+    }
+
+    /// The history reads are in: queue the replay and the held events.
+    /// Replayed events are bounded by the history's retention, not by
+    /// `sse_max_backlog`.
+    pub fn finish_replay(&mut self, scratch: &mut Vec<u8>) {
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let held: usize = history.held_frames().map(|f| f.bytes().len()).sum();
+        self.pending_bytes = self.pending_bytes.saturating_sub(held);
+        let user = self.user.as_deref();
+        let frames = history.complete(user, scratch);
+        if self.state != State::Open {
+            return;
+        }
+        for frame in frames {
+            self.pending_bytes += frame.bytes().len();
+            self.queue.push_back(frame);
+        }
+    }
+
     /// Whether a message may reach this stream. `via_pattern`: it came
     /// through a pattern subscription (Redis' globs match more than our
     /// patterns, and a pattern may reach channels beyond the grants, so

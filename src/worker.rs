@@ -1,16 +1,20 @@
-//! The state of one nginx worker: its fan-out registry, its single Redis
-//! connection, and the hooks that start and stop them with the process.
+//! The state of one nginx worker: its fan-out registry, its Redis
+//! connections, and the hooks that start and stop them with the process.
 //!
 //! Everything here runs on the worker's one thread, inside nginx's event
 //! loop; there are no helper threads and no locks. The state lives in a
 //! thread-local `RefCell`, and the rule that keeps it sound is: *never call
 //! into nginx request code while the state is borrowed*. Code that may end a
 //! stream (flushing, finishing) runs after the borrow is released, because
-//! ending a stream re-enters [`unregister`].
+//! ending a stream re-enters [`unregister`]. Likewise a Redis event handler
+//! only records what it wants done to the other connection ([`Effects`]),
+//! and the worker does it once the handler has returned.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::mem;
 use std::ptr;
+use std::rc::Rc;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
@@ -18,17 +22,20 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
-use std::rc::Rc;
-
 use sse_core::channel;
 use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
 use sse_core::frame;
 use sse_core::registry::{self, Registry};
+use sse_core::resp::Value;
 
+use crate::history::Phase;
 use crate::ngx_ext::cycle_log;
-use crate::redis::{RedisBridge, RedisEvent, Subscriptions};
+use crate::redis::{RedisBridge, RedisEvent, Request, Role, Sink};
 use crate::stream::{self, Frame, Stream, StreamKey};
 use crate::SseModule;
+
+/// The `sse_publish` function library, loaded by the commands connection.
+const PUBLISH_FUNCTION: &str = include_str!("../redis/sse.lua");
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
@@ -36,7 +43,16 @@ thread_local! {
 
 struct Worker {
     registry: Registry<StreamKey>,
-    redis: Box<RedisBridge>,
+    /// Every open stream by id (replies from Redis find streams this way).
+    streams: HashMap<u64, StreamKey>,
+    next_stream_id: u64,
+    subscriber: Box<RedisBridge>,
+    /// The history connection, if some location keeps history.
+    commands: Option<Box<RedisBridge>>,
+    /// `sse_redis_prefix`.
+    prefix: String,
+    /// The last barrier token sent on the subscriber connection.
+    barrier_token: u64,
     /// Streams that received frames in the current batch, to flush once each.
     dirty: Vec<StreamKey>,
     /// Reused buffer in which each message is formatted once.
@@ -57,12 +73,23 @@ pub fn accepting() -> bool {
     with(|w| !w.exiting).unwrap_or(false)
 }
 
+pub fn next_stream_id() -> u64 {
+    with(|w| {
+        w.next_stream_id += 1;
+        w.next_stream_id
+    })
+    .unwrap_or(0)
+}
+
 /// Adds a stream to the registry; subscribes what is new to this worker.
 pub fn register(key: StreamKey, subscriptions: &[Box<[u8]>]) {
     with(|w| {
+        // SAFETY: `key` is the live stream being opened.
+        let id = unsafe { (*key.as_ptr()).id };
+        w.streams.insert(id, key);
         let new = w.registry.subscribe(key, subscriptions);
         if !new.is_empty() {
-            w.redis.subscribe(&new);
+            w.subscriber.subscribe(&new);
         }
     });
 }
@@ -70,9 +97,12 @@ pub fn register(key: StreamKey, subscriptions: &[Box<[u8]>]) {
 /// Removes a stream; unsubscribes what nobody here wants any more.
 pub fn unregister(key: StreamKey, subscriptions: &[Box<[u8]>]) {
     with(|w| {
+        // SAFETY: called for a live stream, before it is freed.
+        let id = unsafe { (*key.as_ptr()).id };
+        w.streams.remove(&id);
         let gone = w.registry.unsubscribe(key, subscriptions);
         if !gone.is_empty() && !w.exiting {
-            w.redis.unsubscribe(&gone);
+            w.subscriber.unsubscribe(&gone);
         }
         // A stream is only dirty within one Redis batch, but never leave a
         // dangling key behind, whatever the path that ended it.
@@ -82,17 +112,88 @@ pub fn unregister(key: StreamKey, subscriptions: &[Box<[u8]>]) {
     });
 }
 
-/// The registry seen by the Redis bridge: where messages go and what to
-/// resubscribe after a reconnect.
-struct FanOut<'a> {
-    registry: &'a Registry<StreamKey>,
-    dirty: &'a mut Vec<StreamKey>,
-    scratch: &'a mut Vec<u8>,
-    /// Streams to end once the worker state is released (revocations).
-    revoked: &'a mut Vec<StreamKey>,
+/// A new history stream: once Redis confirms its subscriptions (barrier),
+/// its history is read.
+pub fn start_history(key: StreamKey) {
+    with(|w| {
+        let token = w.barrier_token + 1;
+        // SAFETY: `key` is the live stream being opened.
+        if let Some(h) = unsafe { (*key.as_ptr()).history.as_mut() } {
+            h.restart(token);
+        }
+        if w.subscriber.barrier(token) {
+            w.barrier_token = token;
+        }
+        // Otherwise the subscriber is reconnecting: its `resubscribed`
+        // restarts every history stream with a fresh barrier.
+    });
 }
 
-impl Subscriptions for FanOut<'_> {
+/// What a Redis event handler asks the worker to do afterwards.
+#[derive(Default)]
+struct Effects {
+    /// Send a barrier (the token is `barrier_token + 1`).
+    barrier: bool,
+    /// Streams whose history reads should go out now.
+    fetch: Vec<u64>,
+    /// Streams to end cleanly (revocation).
+    revoked: Vec<StreamKey>,
+}
+
+/// The worker as the Redis bridges see it while they handle an event.
+struct WorkerSink<'a> {
+    registry: &'a Registry<StreamKey>,
+    streams: &'a HashMap<u64, StreamKey>,
+    dirty: &'a mut Vec<StreamKey>,
+    scratch: &'a mut Vec<u8>,
+    next_token: u64,
+    effects: &'a mut Effects,
+}
+
+impl WorkerSink<'_> {
+    fn mark_dirty(&mut self, key: StreamKey) {
+        // SAFETY: registered streams are live; no nginx code runs here.
+        let s = unsafe { &mut *key.as_ptr() };
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn history_streams(&self) -> impl Iterator<Item = (u64, StreamKey)> + '_ {
+        self.streams
+            .iter()
+            .map(|(&id, &key)| (id, key))
+            .filter(|(_, key)| {
+                // SAFETY: registered streams are live.
+                unsafe { (*key.as_ptr()).history.is_some() }
+            })
+    }
+
+    fn control(&mut self, payload: &[u8]) {
+        match envelope::parse_control(payload) {
+            Ok(Control::Revoke(users)) => {
+                for &key in self.streams.values() {
+                    // SAFETY: registered streams are live.
+                    let user = unsafe { (*key.as_ptr()).user() };
+                    if user.is_some_and(|u| users.contains(&u)) {
+                        self.effects.revoked.push(key);
+                    }
+                }
+            }
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a control message: {}",
+                    e
+                );
+            }
+        }
+    }
+}
+
+impl Sink for WorkerSink<'_> {
     fn message(&mut self, subscription: &[u8], channel: &[u8], payload: &[u8]) {
         if channel::is_reserved(channel) {
             // The module's own channels never reach clients.
@@ -130,10 +231,16 @@ impl Subscriptions for FanOut<'_> {
             }
             let frame = frame.get_or_insert_with(|| {
                 self.scratch.clear();
-                frame::encode_event(self.scratch, Some(channel), None, envelope.body);
+                let id = envelope.id.map(|id| id.to_string());
+                frame::encode_event(
+                    self.scratch,
+                    Some(channel),
+                    id.as_deref().map(str::as_bytes),
+                    envelope.body,
+                );
                 Rc::from(&self.scratch[..])
             });
-            s.enqueue(Frame::Shared(frame.clone()));
+            s.deliver(envelope.id, Frame::Shared(frame.clone()));
             if !s.dirty {
                 s.dirty = true;
                 self.dirty.push(key);
@@ -144,51 +251,118 @@ impl Subscriptions for FanOut<'_> {
     fn keys(&self) -> Vec<Vec<u8>> {
         self.registry.keys().map(<[u8]>::to_vec).collect()
     }
-}
 
-impl FanOut<'_> {
-    fn control(&mut self, payload: &[u8]) {
-        match envelope::parse_control(payload) {
-            Ok(Control::Revoke(users)) => {
-                for key in self.registry.all_subscribers() {
-                    // SAFETY: registered streams are live.
-                    let user = unsafe { (*key.as_ptr()).user() };
-                    if user.is_some_and(|u| users.contains(&u)) && !self.revoked.contains(&key) {
-                        self.revoked.push(key);
-                    }
+    fn resubscribed(&mut self) {
+        // Whatever was published while the subscription was down is read
+        // back from the history, after a barrier.
+        let token = self.next_token;
+        let mut any = false;
+        for (_, key) in self.history_streams().collect::<Vec<_>>() {
+            // SAFETY: registered streams are live.
+            if let Some(h) = unsafe { (*key.as_ptr()).history.as_mut() } {
+                h.restart(token);
+                any = true;
+            }
+        }
+        self.effects.barrier |= any;
+    }
+
+    fn barrier(&mut self, token: u64) {
+        for (id, key) in self.history_streams().collect::<Vec<_>>() {
+            // SAFETY: registered streams are live.
+            if let Some(h) = unsafe { (*key.as_ptr()).history.as_mut() } {
+                if matches!(h.phase, Phase::AwaitingBarrier(t) if t <= token) {
+                    h.phase = Phase::Queued;
+                    self.effects.fetch.push(id);
                 }
             }
-            Err(e) => {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    cycle_log(),
-                    "sse: skipped a control message: {}",
-                    e
-                );
+        }
+    }
+
+    fn commands_ready(&mut self) {
+        for (id, key) in self.history_streams().collect::<Vec<_>>() {
+            // SAFETY: registered streams are live.
+            if unsafe { (*key.as_ptr()).history.as_ref() }.is_some_and(|h| h.phase == Phase::Queued)
+            {
+                self.effects.fetch.push(id);
+            }
+        }
+    }
+
+    fn reply(&mut self, request: Request, value: &Value<'_>) {
+        let Some(&key) = self.streams.get(&request.stream) else {
+            return; // the stream ended meanwhile
+        };
+        // SAFETY: registered streams are live.
+        let s = unsafe { &mut *key.as_ptr() };
+        let Some(h) = s.history.as_mut() else {
+            return;
+        };
+        if h.generation != request.generation || h.phase != Phase::Fetching {
+            return; // a reply to an abandoned read
+        }
+        let (done, problem) = h.reply(request.kind, value);
+        if let Some(problem) = problem {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle_log(),
+                "sse: history read failed: {}",
+                problem
+            );
+        }
+        if done {
+            s.finish_replay(self.scratch);
+            self.mark_dirty(key);
+        }
+    }
+
+    fn commands_lost(&mut self, requests: Vec<Request>) {
+        for request in requests {
+            if let Some(&key) = self.streams.get(&request.stream) {
+                // SAFETY: registered streams are live.
+                if let Some(h) = unsafe { (*key.as_ptr()).history.as_mut() } {
+                    if h.phase == Phase::Fetching && h.generation == request.generation {
+                        h.requeue();
+                    }
+                }
             }
         }
     }
 }
 
 /// Entry point of every Redis event handler.
-pub fn on_redis_event(event: RedisEvent, ev: *mut ngx_event_t) {
+pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
     let Some((batch, revoked)) = with(|w| {
-        let Worker {
-            registry,
-            redis,
-            dirty,
-            scratch,
-            ..
-        } = w;
-        let mut revoked = Vec::new();
-        let mut fan_out = FanOut {
-            registry,
-            dirty,
-            scratch,
-            revoked: &mut revoked,
-        };
-        redis.handle(event, ev, &mut fan_out);
-        (mem::take(dirty), revoked)
+        let mut effects = Effects::default();
+        {
+            let Worker {
+                registry,
+                streams,
+                subscriber,
+                commands,
+                dirty,
+                scratch,
+                barrier_token,
+                ..
+            } = &mut *w;
+            let mut sink = WorkerSink {
+                registry,
+                streams,
+                dirty,
+                scratch,
+                next_token: *barrier_token + 1,
+                effects: &mut effects,
+            };
+            let bridge = match role {
+                Role::Subscriber => Some(subscriber),
+                Role::Commands => commands.as_mut(),
+            };
+            if let Some(bridge) = bridge {
+                bridge.handle(event, ev, &mut sink);
+            }
+        }
+        w.apply(&mut effects);
+        (mem::take(&mut w.dirty), mem::take(&mut effects.revoked))
     }) else {
         return;
     };
@@ -201,6 +375,57 @@ pub fn on_redis_event(event: RedisEvent, ev: *mut ngx_event_t) {
             revoked.len()
         );
         end_streams(revoked);
+    }
+}
+
+impl Worker {
+    /// Does what the handlers asked for (see [`Effects`]).
+    fn apply(&mut self, effects: &mut Effects) {
+        if effects.barrier && self.subscriber.barrier(self.barrier_token + 1) {
+            self.barrier_token += 1;
+        }
+        let Some(commands) = self.commands.as_mut() else {
+            return;
+        };
+        let mut sent = false;
+        for id in effects.fetch.drain(..) {
+            let Some(&key) = self.streams.get(&id) else {
+                continue;
+            };
+            // SAFETY: registered streams are live.
+            let Some(h) = (unsafe { (*key.as_ptr()).history.as_mut() }) else {
+                continue;
+            };
+            if h.phase != Phase::Queued || !commands.is_ready() {
+                continue; // sent when the commands connection is ready
+            }
+            let generation = h.generation;
+            for (kind, args) in h.requests(&self.prefix) {
+                commands.request(
+                    Request {
+                        stream: id,
+                        generation,
+                        kind,
+                    },
+                    &args,
+                );
+            }
+            sent = true;
+        }
+        if sent {
+            commands.send();
+        }
+        // A send that broke the connection hands its requests back.
+        for request in mem::take(&mut commands.lost_requests) {
+            if let Some(&key) = self.streams.get(&request.stream) {
+                // SAFETY: registered streams are live.
+                if let Some(h) = unsafe { (*key.as_ptr()).history.as_mut() } {
+                    if h.generation == request.generation {
+                        h.requeue();
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -236,21 +461,35 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // No sse_channel anywhere: no Redis connection either.
         return NGX_OK as ngx_int_t;
     };
-    let Some(redis) = RedisBridge::new(target) else {
+    let Some(subscriber) = RedisBridge::new(target, Role::Subscriber, None) else {
         return NGX_ERROR as ngx_int_t;
+    };
+    let commands = if main.history_used {
+        match RedisBridge::new(target, Role::Commands, Some(PUBLISH_FUNCTION)) {
+            Some(commands) => Some(commands),
+            None => return NGX_ERROR as ngx_int_t,
+        }
+    } else {
+        None
     };
     let shutdown_watch = new_shutdown_watch(cycle);
     WORKER.with(|cell| {
         *cell.borrow_mut() = Some(Worker {
             registry: Registry::default(),
-            redis,
+            streams: HashMap::new(),
+            next_stream_id: 0,
+            subscriber,
+            commands,
+            prefix: main.prefix().to_string(),
+            barrier_token: 0,
             dirty: Vec::new(),
             scratch: Vec::with_capacity(4096),
             shutdown_watch,
             exiting: false,
         })
     });
-    on_redis_event(RedisEvent::Start, ptr::null_mut());
+    on_redis_event(Role::Subscriber, RedisEvent::Start, ptr::null_mut());
+    on_redis_event(Role::Commands, RedisEvent::Start, ptr::null_mut());
     NGX_OK as ngx_int_t
 }
 
@@ -286,12 +525,21 @@ fn new_shutdown_watch(cycle: &ngx_cycle_t) -> *mut ngx_connection_t {
 unsafe extern "C" fn shutdown_handler(_ev: *mut ngx_event_t) {
     let streams = with(|w| {
         w.exiting = true;
-        w.redis.close();
+        w.close_redis();
         w.registry.all_subscribers()
     })
     .unwrap_or_default();
     end_streams(streams);
     close_shutdown_watch();
+}
+
+impl Worker {
+    fn close_redis(&mut self) {
+        self.subscriber.close();
+        if let Some(commands) = self.commands.as_mut() {
+            commands.close();
+        }
+    }
 }
 
 /// Ends streams with a complete response: their browsers reconnect.
@@ -320,7 +568,7 @@ fn close_shutdown_watch() {
 /// `exit_process`: release what is left (after a graceful shutdown nothing
 /// is; after `nginx -s stop` nginx drops the streams itself).
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    with(|w| w.redis.close());
+    with(Worker::close_redis);
     close_shutdown_watch();
     WORKER.with(|cell| cell.borrow_mut().take());
 }

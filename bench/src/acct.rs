@@ -119,6 +119,7 @@ impl SubAcct {
         (1..=last).filter(|&s| self.has(s)).count() as u64
     }
 
+    #[cfg(test)]
     pub fn distinct(&self) -> u64 {
         self.received - self.duplicated
     }
@@ -215,6 +216,9 @@ impl Histogram {
             return 0;
         }
         let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        if rank == self.count {
+            return self.max;
+        }
         let mut seen = 0;
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
@@ -224,14 +228,6 @@ impl Histogram {
             }
         }
         self.max
-    }
-
-    pub fn mean(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.sum as f64 / self.count as f64
-        }
     }
 }
 

@@ -587,7 +587,7 @@ mod tests {
 
     #[test]
     fn chunk_extensions_and_uppercase_hex() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA;foo=bar\r\ndata: abcd\n\r\n1\r\n\n\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nB;foo=bar\r\ndata: abcd\n\r\n1\r\n\n\r\n0\r\nX-Trailer: 1\r\n\r\n";
         let got = all_splits(raw);
         assert_eq!(got, vec![Own::Head(200, true), Own::Event("".into(), "abcd".into(), "".into()), Own::End]);
     }

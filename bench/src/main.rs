@@ -1,1 +1,485 @@
-fn main() {}
+//! sse-bench: nginx-sse and nchan side by side.
+//!
+//! Starts its own redis-server and, per workload and target, a fresh nginx
+//! (same binary, one config loading nginx-sse, one loading nchan), drives it
+//! with thousands of SSE subscribers on one epoll loop and a paced publisher
+//! thread, and prints a table. See bench/README.md.
+
+mod acct;
+mod client;
+mod http;
+mod publish;
+mod report;
+mod server;
+mod sys;
+mod workloads;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use client::ClientInject;
+use publish::Msg;
+use report::{Row, Section};
+use server::{NginxOpts, Redis, Target};
+use workloads::{Env, Fanout};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C / SIGTERM was received: loops end and everything is torn down.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+const USAGE: &str = "\
+sse-bench: nginx-sse vs nchan, side by side
+
+usage: sse-bench [run] [options]        all workloads, both targets, a table
+       sse-bench self-check [options]   inject loss/duplication/reordering and
+                                        check the accounting reports exactly that
+options:
+  --quick                 small sizes (a smoke run, under a minute)
+  --only W1,W2            workloads: idle,fanout-1,fanout-100,large,churn,fanout-100-pinned
+  --targets T1,T2         sse, nchan, nchan-nostore (default: sse,nchan; self-check: sse)
+  --module PATH           nginx-sse module (default: target/release/libngx_http_sse_module.so)
+  --nchan-module PATH     (default: /usr/lib/nginx/modules/ngx_nchan_module.so)
+  --nginx PATH            nginx binary (default: /usr/sbin/nginx)
+  --redis-server PATH     (default: redis-server from PATH)
+  --out FILE              also write the report (markdown) to FILE
+  --keep                  keep the temporary nginx prefixes and logs
+";
+
+struct Args {
+    self_check: bool,
+    quick: bool,
+    only: Option<Vec<String>>,
+    targets: Option<Vec<Target>>,
+    module: String,
+    nchan_module: String,
+    nginx: String,
+    redis: String,
+    out: Option<PathBuf>,
+    keep: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let mut a = Args {
+        self_check: false,
+        quick: false,
+        only: None,
+        targets: None,
+        module: ws.join("target/release/libngx_http_sse_module.so").to_string_lossy().into_owned(),
+        nchan_module: "/usr/lib/nginx/modules/ngx_nchan_module.so".into(),
+        nginx: "/usr/sbin/nginx".into(),
+        redis: "redis-server".into(),
+        out: None,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "run" => {}
+            "self-check" | "--self-check" => a.self_check = true,
+            "--quick" => a.quick = true,
+            "--keep" => a.keep = true,
+            "--only" => a.only = Some(val("--only")?.split(',').map(str::to_string).collect()),
+            "--targets" => {
+                let v = val("--targets")?;
+                let ts: Option<Vec<Target>> = v.split(',').map(Target::parse).collect();
+                a.targets = Some(ts.ok_or(format!("unknown target in {v}"))?);
+            }
+            "--module" => a.module = val("--module")?,
+            "--nchan-module" => a.nchan_module = val("--nchan-module")?,
+            "--nginx" => a.nginx = val("--nginx")?,
+            "--redis-server" => a.redis = val("--redis-server")?,
+            "--out" => a.out = Some(val("--out")?.into()),
+            "-h" | "--help" | "help" => return Err(String::new()),
+            x => return Err(format!("unknown argument {x}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("sse-bench: {e}\n");
+            }
+            eprint!("{USAGE}");
+            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as usize);
+        libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let (soft, hard) = sys::raise_nofile();
+    let targets = args.targets.clone().unwrap_or(if args.self_check { vec![Target::Sse] } else { vec![Target::Sse, Target::Nchan] });
+    for t in &targets {
+        let m = if *t == Target::Sse { &args.module } else { &args.nchan_module };
+        if !Path::new(m).exists() {
+            eprintln!("sse-bench: module {m} not found (for {}); build it with `make build`", t.label());
+            return ExitCode::from(2);
+        }
+    }
+    let tmp = std::env::temp_dir().join(format!("sse-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        eprintln!("sse-bench: {}: {e}", tmp.display());
+        return ExitCode::from(2);
+    }
+    let code = match Redis::start(&args.redis, &tmp) {
+        Err(e) => {
+            eprintln!("sse-bench: starting {}: {e}", args.redis);
+            ExitCode::from(2)
+        }
+        Ok(redis) => {
+            let run = (std::process::id() ^ (sys::now_ns() as u32)) % 1_000_000;
+            let mut env = Env {
+                opts: NginxOpts {
+                    nginx_bin: &args.nginx,
+                    sse_module: &args.module,
+                    nchan_module: &args.nchan_module,
+                    // worker_rlimit_nofile 65536 where allowed; nginx runs as
+                    // root here and cannot go above the hard limit.
+                    nofile: hard.min(65536),
+                    cpus: None,
+                },
+                redis: &redis,
+                tmp: tmp.clone(),
+                run,
+                notes: Vec::new(),
+            };
+            eprintln!("sse-bench: RLIMIT_NOFILE {soft}/{hard}, redis-server on 127.0.0.1:{}, work dir {}", redis.port, tmp.display());
+            if args.self_check {
+                self_check(&mut env, &targets)
+            } else {
+                run_all(&mut env, &args, &targets, hard)
+            }
+        }
+    };
+    if args.keep {
+        eprintln!("sse-bench: kept {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    code
+}
+
+struct Plan {
+    idle: (u32, u32),
+    f1: Fanout,
+    f100: Fanout,
+    large: Fanout,
+    churn: (u64, usize, u32),
+}
+
+fn fanout(name: &str, channels: u32, subs: u32, rate: f64, secs: f64, size: usize) -> Fanout {
+    Fanout { name: name.into(), channels, subs, rate, secs, size, pin: false, client_inject: ClientInject::default(), plan_inject: None }
+}
+
+fn plan(quick: bool) -> Plan {
+    if quick {
+        Plan {
+            idle: (1000, 10),
+            f1: fanout("fanout-1", 1, 200, 100.0, 2.0, 128),
+            f100: fanout("fanout-100", 100, 1000, 500.0, 2.0, 128),
+            large: fanout("large", 5, 100, 20.0, 2.0, 16384),
+            churn: (5000, 100, 100),
+        }
+    } else {
+        Plan {
+            idle: (10_000, 100),
+            f1: fanout("fanout-1", 1, 1000, 100.0, 10.0, 128),
+            f100: fanout("fanout-100", 100, 10_000, 1000.0, 10.0, 128),
+            large: fanout("large", 10, 1000, 50.0, 10.0, 16384),
+            churn: (100_000, 500, 100),
+        }
+    }
+}
+
+fn describe(f: &Fanout) -> String {
+    format!(
+        "{} channel(s) x {} subscribers each ({} streams), {} msg/s for {} s, {} B payloads{}",
+        f.channels,
+        f.subs / f.channels,
+        f.subs,
+        f.rate,
+        f.secs,
+        f.size,
+        if f.pin { "; nginx and redis on CPU 0, sse-bench on CPU 1" } else { "" }
+    )
+}
+
+fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCode {
+    let p = plan(args.quick);
+    let mut pinned = p.f100.clone();
+    pinned.name = "fanout-100-pinned".into();
+    pinned.pin = true;
+    let all = ["idle", "fanout-1", "fanout-100", "large", "churn", "fanout-100-pinned"];
+    let wanted: Vec<&str> = all.iter().copied().filter(|w| args.only.as_ref().map_or(true, |o| o.iter().any(|x| x == w))).collect();
+    if let Some(o) = &args.only {
+        if let Some(bad) = o.iter().find(|x| !all.contains(&x.as_str())) {
+            eprintln!("sse-bench: unknown workload {bad}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut header = String::new();
+    header.push_str(&format!("sse-bench{} — {}\n\n", if args.quick { " --quick" } else { "" }, targets.iter().map(|t| t.label()).collect::<Vec<_>>().join(" vs ")));
+    header.push_str(&format!("- nginx: {} ({})\n", args.nginx, cmd_out(&args.nginx, &["-v"]).trim()));
+    header.push_str(&format!("- nginx-sse module: {}\n- nchan module: {}\n", args.module, args.nchan_module));
+    header.push_str(&format!("- redis-server: {}\n", cmd_out(&args.redis, &["--version"]).trim()));
+    header.push_str(&format!(
+        "- both nginx configs: worker_processes 2, worker_connections 65536, worker_rlimit_nofile {}, access_log off; nchan: Redis via upstream (nchan_redis_pass), subscriber eventsource, first message newest, ping 30 s\n",
+        hard.min(65536)
+    ));
+    header.push_str(&format!("- {} CPUs, load average at start: {}\n", sys::num_cpus(), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
+    header.push_str("\nworkloads:\n");
+    for w in &wanted {
+        let d = match *w {
+            "idle" => format!("{} idle streams over {} channels, no messages: memory per connection", p.idle.0, p.idle.1),
+            "fanout-1" => describe(&p.f1),
+            "fanout-100" => describe(&p.f100),
+            "large" => describe(&p.large),
+            "churn" => format!(
+                "{} connect / first bytes / close cycles, {} at a time, over {} channels (client closes with RST)",
+                p.churn.0, p.churn.1, p.churn.2
+            ),
+            _ => describe(&pinned),
+        };
+        header.push_str(&format!("- {w}: {d}\n"));
+    }
+    eprint!("{header}");
+    let t_all = Instant::now();
+    let mut sections = Vec::new();
+    for w in &wanted {
+        let mut sec = Section { workload: w.to_string(), results: Vec::new() };
+        for &t in targets {
+            if stopping() {
+                break;
+            }
+            let t0 = Instant::now();
+            eprint!("[{:>6.1}s] {w} / {} ...", t_all.elapsed().as_secs_f64(), t.label());
+            let r: std::io::Result<Vec<Row>> = match *w {
+                "idle" => workloads::idle(env, t, p.idle.0, p.idle.1),
+                "fanout-1" => workloads::fanout(env, t, &p.f1).map(|r| r.0),
+                "fanout-100" => workloads::fanout(env, t, &p.f100).map(|r| r.0),
+                "large" => workloads::fanout(env, t, &p.large).map(|r| r.0),
+                "churn" => workloads::churn(env, t, p.churn.0, p.churn.1, p.churn.2),
+                _ => workloads::fanout(env, t, &pinned).map(|r| r.0),
+            };
+            eprintln!(" {:.1}s{}", t0.elapsed().as_secs_f64(), if r.is_err() { " FAILED" } else { "" });
+            if let Err(e) = &r {
+                env.notes.push(format!("{w} / {}: FAILED: {e}", t.label()));
+            }
+            sec.results.push((t, r.map_err(|e| e.to_string())));
+        }
+        sections.push(sec);
+    }
+    let mut out = header;
+    out.push_str(&format!("\ntotal time: {:.0} s\n\n", t_all.elapsed().as_secs_f64()));
+    out.push_str(&report::table(targets, &sections));
+    if !env.notes.is_empty() {
+        out.push_str("\nnotes (error.log lines, client errors, anomalies):\n");
+        for n in &env.notes {
+            out.push_str(&format!("- {n}\n"));
+        }
+    }
+    println!("{out}");
+    if let Some(path) = &args.out {
+        if let Err(e) = std::fs::write(path, &out) {
+            eprintln!("sse-bench: writing {}: {e}", path.display());
+        }
+    }
+    if stopping() {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn cmd_out(bin: &str, args: &[&str]) -> String {
+    std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .unwrap_or_else(|e| format!("({e})"))
+}
+
+// ---- self-check ---------------------------------------------------------
+
+const SC_CHANNELS: u32 = 10;
+const SC_SUBS: u32 = 200;
+const SC_DROP: (u32, u64) = (3, 10);
+const SC_DOUBLE: (u32, u64) = (4, 5);
+
+/// Publisher-side faults: skip channel 0's sequence 5, send channel 1's
+/// sequence 7 twice, send channel 2's 11 before its 10.
+fn sc_plan_inject(plan: &mut Vec<Msg>) {
+    plan.retain(|m| !(m.chan == 0 && m.seq == 5));
+    let pos = |p: &Vec<Msg>, c, s| p.iter().position(|m| m.chan == c && m.seq == s).unwrap();
+    let i = pos(plan, 1, 7);
+    plan.insert(i + 1, plan[i]);
+    let (a, b) = (pos(plan, 2, 10), pos(plan, 2, 11));
+    plan.swap(a, b);
+}
+
+/// What a perfect transport would make the accounting report, worked out
+/// independently (hash sets over the plan) of acct::SubAcct.
+fn sc_oracle(plan: &[Msg], subs: u32, channels: u32, inject: ClientInject) -> acct::Totals {
+    let mut t = acct::Totals::default();
+    for sub in 0..subs {
+        let chan = sub % channels;
+        let stream: Vec<u64> = plan.iter().filter(|m| m.chan == chan).map(|m| m.seq).collect();
+        let last = stream.iter().copied().max().unwrap_or(0);
+        let mut seen = HashSet::new();
+        let mut max = 0;
+        for (k, &s) in stream.iter().enumerate() {
+            let k = k as u64 + 1;
+            if let Some((c, n)) = inject.drop_every {
+                if c == chan && k % n == 0 {
+                    continue;
+                }
+            }
+            let times = if inject.double == Some((sub, k)) { 2 } else { 1 };
+            for _ in 0..times {
+                t.received += 1;
+                if !seen.insert(s) {
+                    t.duplicated += 1;
+                } else if s < max {
+                    t.out_of_order += 1;
+                } else {
+                    max = s;
+                }
+            }
+        }
+        t.expected += last;
+        t.missing += (1..=last).filter(|s| !seen.contains(s)).count() as u64;
+    }
+    t
+}
+
+fn self_check(env: &mut Env, targets: &[Target]) -> ExitCode {
+    let inject = ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) };
+    let f = Fanout {
+        name: "self-check".into(),
+        channels: SC_CHANNELS,
+        subs: SC_SUBS,
+        rate: 500.0,
+        secs: 2.0,
+        size: 128,
+        pin: false,
+        client_inject: inject,
+        plan_inject: Some(sc_plan_inject),
+    };
+    let mut plan = publish::round_robin(f.channels, (f.rate * f.secs) as u64);
+    sc_plan_inject(&mut plan);
+    let want = sc_oracle(&plan, f.subs, f.channels, inject);
+    let per = SC_SUBS / SC_CHANNELS;
+    println!("self-check: {} channels x {per} subscribers, {} messages ({} per channel) at {} msg/s", f.channels, plan.len(), plan.len() as u32 / f.channels, f.rate);
+    println!("injected by the publisher: channel 0 skips s=5 (-> {per} missing), channel 1 sends s=7 twice (-> {per} duplicated), channel 2 sends s=11 before s=10 (-> {per} out of order)");
+    println!(
+        "injected by the client: subscribers of channel {} drop every {}th event they receive (-> {} missing), subscriber {} counts its {}th event twice (-> 1 duplicated)",
+        SC_DROP.0,
+        SC_DROP.1,
+        per as u64 * (plan.iter().filter(|m| m.chan == SC_DROP.0).count() as u64 / SC_DROP.1),
+        SC_DOUBLE.0,
+        SC_DOUBLE.1
+    );
+    let want_drops = per as u64 * (plan.iter().filter(|m| m.chan == SC_DROP.0).count() as u64 / SC_DROP.1);
+    let mut ok = true;
+    for &t in targets {
+        let r = workloads::fanout(env, t, &f);
+        let (rows, out) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                println!("{}: FAILED to run: {e}", t.label());
+                ok = false;
+                continue;
+            }
+        };
+        let got = out.totals;
+        println!("\n{}:", t.label());
+        println!("| counter | expected | reported | |");
+        println!("|---|---:|---:|---|");
+        let mut line = |name: &str, e: u64, g: u64| {
+            let good = e == g;
+            ok &= good;
+            println!("| {name} | {e} | {g} | {} |", if good { "ok" } else { "MISMATCH" });
+        };
+        line("deliveries expected", want.expected, got.expected);
+        line("received", want.received, got.received);
+        line("missing", want.missing, got.missing);
+        line("duplicated", want.duplicated, got.duplicated);
+        line("out of order", want.out_of_order, got.out_of_order);
+        line("misrouted", 0, got.misrouted);
+        line("client drops injected", want_drops, out.client.injected_drops);
+        line("client double counts injected", 1, out.client.injected_doubles);
+        line("streams closed by server", 0, out.client.server_closed);
+        line("publish errors", 0, out.publisher.errors);
+        let lat = rows.iter().find(|r| r.metric == "latency p50 (ms)").map(|r| format!("{:?}", r.val)).unwrap_or_default();
+        println!("(latency p50 {lat})");
+    }
+    for n in &env.notes {
+        println!("note: {n}");
+    }
+    println!("\nself-check: {}", if ok { "PASS" } else { "FAIL" });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_check_oracle_matches_the_documented_numbers() {
+        let mut plan = publish::round_robin(SC_CHANNELS, 1000);
+        sc_plan_inject(&mut plan);
+        let t = sc_oracle(&plan, SC_SUBS, SC_CHANNELS, ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) });
+        // 20 subscribers per channel, 100 sequences per channel.
+        assert_eq!(t.expected, 20_000);
+        assert_eq!(t.missing, 20 + 20 * 10);
+        assert_eq!(t.duplicated, 20 + 1);
+        assert_eq!(t.out_of_order, 20);
+        assert_eq!(t.received, 20 * (99 + 101 + 100 + 90 + 6 * 100) + 1);
+    }
+
+    #[test]
+    fn accounting_agrees_with_the_oracle_on_an_injected_stream() {
+        // Feed SubAcct the oracle's per-subscriber streams directly.
+        let mut plan = publish::round_robin(SC_CHANNELS, 1000);
+        sc_plan_inject(&mut plan);
+        let inject = ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) };
+        let mut subs: Vec<acct::SubAcct> = (0..SC_SUBS).map(|s| acct::SubAcct::new(s % SC_CHANNELS)).collect();
+        for (sub, a) in subs.iter_mut().enumerate() {
+            let mut k = 0;
+            let chan = a.chan;
+            for m in plan.iter().filter(|m| m.chan == chan) {
+                k += 1;
+                if chan == SC_DROP.0 && k % SC_DROP.1 == 0 {
+                    continue;
+                }
+                let times = if (sub as u32, k) == SC_DOUBLE { 2 } else { 1 };
+                for _ in 0..times {
+                    a.record(m.chan, m.seq);
+                }
+            }
+        }
+        let last = publish::last_seqs(&plan, SC_CHANNELS);
+        assert_eq!(acct::totals(&subs, &last), sc_oracle(&plan, SC_SUBS, SC_CHANNELS, inject));
+    }
+}

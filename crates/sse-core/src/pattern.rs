@@ -262,7 +262,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(!p("*").matches(&vec![b'a'; MAX_CHANNEL_LEN + 1]));
+        assert!(!p("*").matches(&[b'a'; MAX_CHANNEL_LEN + 1]));
     }
 
     #[test]
@@ -271,7 +271,7 @@ mod tests {
             assert!(Pattern::parse(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(p("**").matches(b"anything:at:all"));
-        assert!(p("a:*:c").is_concrete() == false && p("a:b").is_concrete());
+        assert!(!p("a:*:c").is_concrete() && p("a:b").is_concrete());
     }
 
     #[test]

@@ -165,7 +165,10 @@ pub enum PubSubReply<'a> {
     Unsubscribed {
         channel: &'a [u8],
     },
-    /// `+OK` of AUTH / SELECT, `PONG`, anything else that is not an error.
+    /// The answer to `PING <token>` in subscribe mode: every command sent
+    /// before it (SUBSCRIBE...) has been processed.
+    Pong(&'a [u8]),
+    /// `+OK` of AUTH / SELECT, anything else that is not an error.
     Ack,
     /// A `-ERR ...` reply.
     Error(&'a [u8]),
@@ -215,7 +218,7 @@ pub fn pubsub_reply<'a>(value: &Value<'a>) -> Result<PubSubReply<'a>, Unexpected
             Ok(PubSubReply::Unsubscribed { channel })
         }
         // PING in subscribe mode answers ["pong", ""].
-        [Some(b"pong"), ..] => Ok(PubSubReply::Ack),
+        [Some(b"pong"), Some(token)] => Ok(PubSubReply::Pong(token)),
         _ => Err(UnexpectedReply(format!(
             "{} element(s), kind {:?}",
             items.len(),
@@ -348,5 +351,11 @@ mod tests {
             let (v, _) = parse(raw).unwrap().unwrap();
             assert!(pubsub_reply(&v).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn pong_carries_its_token() {
+        let (v, _) = parse(b"*2\r\n$4\r\npong\r\n$2\r\n17\r\n").unwrap().unwrap();
+        assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Pong(b"17")));
     }
 }

@@ -1,0 +1,293 @@
+//! The servers under test: a private redis-server and nginx instances in
+//! temporary prefixes, and what /proc says about them.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::publish::redis_cmd;
+use crate::sys::{self, Mem};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> io::Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out waiting for {what}")))
+}
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(bin: &str, dir: &Path) -> io::Result<Redis> {
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--logfile", &dir.join("redis.log").to_string_lossy()])
+            .args(["--dir", &dir.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let r = Redis { child, port };
+        wait_for("redis-server", Duration::from_secs(10), || redis_cmd(port, &["PING"]).is_ok())?;
+        Ok(r)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn cpu_ns(&self) -> u64 {
+        sys::proc_stat(self.pid()).map(|s| s.cpu_ns).unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        sys::kill(self.pid(), libc::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an nginx instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Sse,
+    /// nchan with Redis, in nchan's default `distributed` storage mode.
+    Nchan,
+    /// nchan with `nchan_redis_storage_mode nostore` (pub/sub only).
+    NchanNostore,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "sse" | "nginx-sse" => Some(Target::Sse),
+            "nchan" => Some(Target::Nchan),
+            "nchan-nostore" => Some(Target::NchanNostore),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Sse => "nginx-sse",
+            Target::Nchan => "nchan",
+            Target::NchanNostore => "nchan-nostore",
+        }
+    }
+
+    /// The subscriber path, to which the channel name is appended.
+    pub fn sub_prefix(self) -> &'static str {
+        match self {
+            Target::Sse => "/sub?channels=",
+            _ => "/sub?id=",
+        }
+    }
+}
+
+pub struct NginxOpts<'a> {
+    pub nginx_bin: &'a str,
+    pub sse_module: &'a str,
+    pub nchan_module: &'a str,
+    pub nofile: u64,
+    /// Pin master and workers to these CPUs.
+    pub cpus: Option<Vec<usize>>,
+}
+
+pub fn config(t: Target, o: &NginxOpts, prefix: &Path, port: u16, redis_port: u16) -> String {
+    let p = prefix.display();
+    let common_head = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\n\
+         worker_rlimit_nofile {nofile};\nerror_log {p}/error.log warn;\npid {p}/nginx.pid;\n\
+         events {{ worker_connections 65536; }}\n",
+        nofile = o.nofile
+    );
+    let http_head = format!(
+        "    access_log off;\n    client_body_temp_path {p}/client_body;\n    proxy_temp_path {p}/proxy;\n\
+         \x20   fastcgi_temp_path {p}/fastcgi;\n    uwsgi_temp_path {p}/uwsgi;\n    scgi_temp_path {p}/scgi;\n\
+         \x20   default_type application/octet-stream;\n"
+    );
+    match t {
+        Target::Sse => format!(
+            "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    sse_redis_url redis://127.0.0.1:{redis_port};\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location = /sub {{\n            sse_channel $arg_channels;\n            sse_heartbeat 30s;\n            sse_max_backlog 4m;\n        }}\n    }}\n}}\n",
+            module = o.sse_module
+        ),
+        Target::Nchan | Target::NchanNostore => {
+            let mode = if t == Target::NchanNostore { "        nchan_redis_storage_mode nostore;\n" } else { "" };
+            format!(
+                "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    upstream bench_redis {{\n        nchan_redis_server redis://127.0.0.1:{redis_port};\n{mode}    }}\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location = /pub {{\n            nchan_publisher;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n        }}\n        location = /sub {{\n            nchan_subscriber eventsource;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n            nchan_subscriber_first_message newest;\n            nchan_eventsource_ping_interval 30;\n        }}\n    }}\n}}\n",
+                module = o.nchan_module
+            )
+        }
+    }
+}
+
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub prefix: PathBuf,
+    pub master: i32,
+    pub target: Target,
+}
+
+impl Nginx {
+    pub fn start(t: Target, o: &NginxOpts, prefix: &Path, redis_port: u16) -> io::Result<Nginx> {
+        let _ = fs::remove_dir_all(prefix);
+        fs::create_dir_all(prefix)?;
+        let port = free_port()?;
+        let conf = prefix.join("nginx.conf");
+        fs::write(&conf, config(t, o, prefix, port, redis_port))?;
+        let mut cmd = Command::new(o.nginx_bin);
+        cmd.arg("-p").arg(prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(prefix.join("stderr.log"))?);
+        if let Some(cpus) = o.cpus.clone() {
+            // what `taskset -c CPUS nginx ...` does: the affinity is inherited
+            // by the workers.
+            unsafe {
+                cmd.pre_exec(move || sys::set_affinity(0, Some(&cpus)));
+            }
+        }
+        let child = cmd.spawn()?;
+        let master = child.id() as i32;
+        let n = Nginx { child, port, prefix: prefix.to_path_buf(), master, target: t };
+        let pidfile = prefix.join("nginx.pid");
+        let started = wait_for("nginx", Duration::from_secs(10), || {
+            pidfile.exists()
+                && sys::children(master).len() >= 2
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Err(e) = started {
+            let log = fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+            let err = fs::read_to_string(prefix.join("stderr.log")).unwrap_or_default();
+            return Err(io::Error::other(format!("{e}\n{log}{err}")));
+        }
+        if t != Target::Sse {
+            // nchan logs "Redis upstream ...: ready" per worker once connected.
+            let log = prefix.join("error.log");
+            let _ = wait_for("nchan redis ready", Duration::from_secs(10), || {
+                fs::read_to_string(&log).map(|s| s.matches(": ready").count() >= 2).unwrap_or(false)
+            });
+        }
+        Ok(n)
+    }
+
+    /// Master pid as the pid file says.
+    pub fn pid_from_file(&self) -> i32 {
+        fs::read_to_string(self.prefix.join("nginx.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(self.master)
+    }
+
+    pub fn workers(&self) -> Vec<i32> {
+        sys::children(self.pid_from_file())
+    }
+
+    /// Master + workers.
+    pub fn mem(&self) -> Mem {
+        let mut m = sys::proc_mem(self.pid_from_file());
+        for w in self.workers() {
+            m = m + sys::proc_mem(w);
+        }
+        m
+    }
+
+    /// utime + stime of the workers, ns.
+    pub fn workers_cpu_ns(&self) -> u64 {
+        self.workers().iter().filter_map(|&w| sys::proc_stat(w)).map(|s| s.cpu_ns).sum()
+    }
+
+    pub fn workers_fds(&self) -> u64 {
+        self.workers().iter().map(|&w| sys::proc_fds(w)).sum()
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default()
+    }
+
+    pub fn stop(mut self) -> LogSummary {
+        let workers = self.workers();
+        sys::kill(self.master, libc::SIGTERM);
+        let t0 = Instant::now();
+        let mut exited = false;
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for w in workers {
+                sys::kill(w, libc::SIGKILL);
+            }
+        }
+        LogSummary::of(&self.error_log())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let workers = sys::children(self.master);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for w in workers {
+                sys::kill(w, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// error.log lines by level, with the first few serious ones.
+#[derive(Debug, Clone, Default)]
+pub struct LogSummary {
+    /// emerg, alert, crit, error
+    pub serious: u64,
+    pub warn: u64,
+    pub samples: Vec<String>,
+}
+
+impl LogSummary {
+    pub fn of(log: &str) -> LogSummary {
+        let mut s = LogSummary::default();
+        for line in log.lines() {
+            let serious = ["[emerg]", "[alert]", "[crit]", "[error]"].iter().any(|l| line.contains(l));
+            if serious {
+                s.serious += 1;
+                if s.samples.len() < 8 {
+                    s.samples.push(line.to_string());
+                }
+            } else if line.contains("[warn]") {
+                s.warn += 1;
+                if s.samples.len() < 8 {
+                    s.samples.push(line.to_string());
+                }
+            }
+        }
+        s
+    }
+}

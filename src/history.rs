@@ -1,0 +1,266 @@
+//! The history side of one stream (`sse_history on`): replay when it opens,
+//! catch-up after the worker lost Redis, and de-duplication by event id.
+//!
+//! Steps, driven by the worker:
+//! 1. `AwaitingBarrier`: the stream's channels are subscribed; a `PING
+//!    <token>` on the subscriber connection tells when Redis has processed
+//!    the SUBSCRIBE, so that nothing published after the history read below
+//!    can be missed.
+//! 2. `Queued` / `Fetching`: the history reads go out on the commands
+//!    connection (GET seq; per channel XRANGE after the position, and HGET of
+//!    its last id for gap detection).
+//! 3. `Live`: the replay is sent, then the live events held meanwhile, minus
+//!    those the replay already contained.
+//!
+//! While not live, live events are held (they count against
+//! `sse_max_backlog`). Events carry their global id, so a stream delivers in
+//! id order and drops any id it already sent.
+
+use sse_core::frame;
+use sse_core::history::{self, ChannelHistory, Plan, Resume};
+use sse_core::resp::Value;
+
+use crate::redis::RequestKind;
+use crate::stream::Frame;
+
+/// The event that announces missing history; data: the channels, comma-separated.
+pub const GAP_EVENT: &[u8] = b"sse-gap";
+/// Most entries read per channel in one replay.
+const MAX_REPLAY: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    AwaitingBarrier(u64),
+    Queued,
+    Fetching,
+    Live,
+}
+
+pub struct History {
+    resume: Resume,
+    /// `sse_history_start`: last N per channel for a fresh subscriber.
+    start_last: usize,
+    /// Highest id sent to the client.
+    last_id: u64,
+    /// The global sequence when a fresh stream joined: a catch-up starts
+    /// there if nothing was sent since.
+    floor: u64,
+    pub phase: Phase,
+    /// Bumped at each restart of a replay, so late replies are ignored.
+    pub generation: u32,
+    held: Vec<(Option<u64>, Frame)>,
+    /// The stream's concrete channels (patterns have no history).
+    channels: Vec<Box<[u8]>>,
+    outstanding: usize,
+    seq: Option<u64>,
+    results: Vec<ChannelHistory>,
+    /// A read failed: its channels are reported as a gap.
+    failed: Vec<bool>,
+}
+
+impl History {
+    pub fn new(resume: Resume, start_last: usize, channels: Vec<Box<[u8]>>) -> Self {
+        History {
+            resume,
+            start_last,
+            last_id: 0,
+            floor: 0,
+            // Not live: events are held until the first replay is done.
+            phase: Phase::AwaitingBarrier(0),
+            generation: 0,
+            held: Vec::new(),
+            channels,
+            outstanding: 0,
+            seq: None,
+            results: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    pub fn resume(&self) -> Resume {
+        self.resume
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// The worker lost and regained the subscription: read what was missed.
+    pub fn restart(&mut self, token: u64) {
+        if self.phase == Phase::Live {
+            self.resume = Resume::After(self.last_id.max(self.floor));
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.phase = Phase::AwaitingBarrier(token);
+        self.outstanding = 0;
+    }
+
+    /// Back to the queue (the commands connection broke mid-read).
+    pub fn requeue(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.phase = Phase::Queued;
+        self.outstanding = 0;
+    }
+
+    /// The reads to send, as (kind, command arguments).
+    pub fn requests(&mut self, prefix: &str) -> Vec<(RequestKind, Vec<Vec<u8>>)> {
+        let mut out = vec![(
+            RequestKind::Seq,
+            vec![b"GET".to_vec(), format!("{prefix}:seq").into_bytes()],
+        )];
+        for (i, channel) in self.channels.iter().enumerate() {
+            let key = [format!("{prefix}:h:").as_bytes(), channel].concat();
+            match self.resume {
+                Resume::After(since) => {
+                    out.push((
+                        RequestKind::Range(i),
+                        vec![
+                            b"XRANGE".to_vec(),
+                            key,
+                            format!("({since}-0").into_bytes(),
+                            b"+".to_vec(),
+                            b"COUNT".to_vec(),
+                            MAX_REPLAY.to_string().into_bytes(),
+                        ],
+                    ));
+                    out.push((
+                        RequestKind::Last(i),
+                        vec![
+                            b"HGET".to_vec(),
+                            format!("{prefix}:last").into_bytes(),
+                            channel.to_vec(),
+                        ],
+                    ));
+                }
+                Resume::Fresh | Resume::Malformed if self.start_last > 0 => out.push((
+                    RequestKind::Range(i),
+                    vec![
+                        b"XREVRANGE".to_vec(),
+                        key,
+                        b"+".to_vec(),
+                        b"-".to_vec(),
+                        b"COUNT".to_vec(),
+                        self.start_last.to_string().into_bytes(),
+                    ],
+                )),
+                Resume::Fresh | Resume::Malformed => {}
+            }
+        }
+        self.phase = Phase::Fetching;
+        self.outstanding = out.len();
+        self.seq = None;
+        self.results = vec![ChannelHistory::default(); self.channels.len()];
+        self.failed = vec![false; self.channels.len()];
+        out
+    }
+
+    /// Records one reply. Returns whether all replies are in, and what was
+    /// wrong with this one (its channel then counts as a gap).
+    pub fn reply(&mut self, kind: RequestKind, value: &Value<'_>) -> (bool, Option<String>) {
+        let mut problem = None;
+        match kind {
+            RequestKind::Seq => match value {
+                Value::Bulk(None) => self.seq = Some(0),
+                _ => match value.as_bytes().and_then(sse_core::envelope::parse_id) {
+                    Some(seq) => self.seq = Some(seq),
+                    None => problem = Some("sequence is not a number".to_string()),
+                },
+            },
+            RequestKind::Range(i) => match history::parse_entries(value) {
+                Ok(entries) => self.results[i].entries = entries,
+                Err(e) => {
+                    self.failed[i] = true;
+                    problem = Some(e);
+                }
+            },
+            RequestKind::Last(i) => {
+                self.results[i].last_id = value.as_bytes().and_then(sse_core::envelope::parse_id);
+            }
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
+        (self.outstanding == 0, problem)
+    }
+
+    /// Holds a live event until the replay is done.
+    pub fn hold(&mut self, id: Option<u64>, frame: Frame) {
+        self.held.push((id, frame));
+    }
+
+    /// Whether a live event must be sent (false: a duplicate), noting its id.
+    pub fn accept_live(&mut self, id: Option<u64>) -> bool {
+        match id {
+            Some(id) if id <= self.last_id => false,
+            Some(id) => {
+                self.last_id = id;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// All replies are in: the frames to send, in order (gap notice, replay,
+    /// then held live events that are not duplicates).
+    pub fn complete(&mut self, user: Option<&[u8]>, scratch: &mut Vec<u8>) -> Vec<Frame> {
+        let seq = self.seq.unwrap_or(0);
+        let results = std::mem::take(&mut self.results);
+        let (plan, gaps_everywhere) = match self.resume {
+            Resume::After(since) => (history::plan_resume(since, seq, results), false),
+            Resume::Fresh => (history::plan_fresh(seq, self.start_last, results), false),
+            Resume::Malformed => (history::plan_fresh(seq, self.start_last, results), true),
+        };
+        let Plan {
+            mut gaps, events, ..
+        } = plan;
+        if gaps_everywhere {
+            gaps = (0..self.channels.len()).collect();
+        }
+        for (i, failed) in self.failed.iter().enumerate() {
+            if *failed && !gaps.contains(&i) {
+                gaps.push(i);
+            }
+        }
+        gaps.sort_unstable();
+
+        let mut out = Vec::with_capacity(events.len() + self.held.len() + 1);
+        if !gaps.is_empty() || gaps_everywhere {
+            let names: Vec<&[u8]> = gaps.iter().map(|&i| &*self.channels[i]).collect();
+            scratch.clear();
+            frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
+            out.push(Frame::Shared(scratch.as_slice().into()));
+        }
+        for (i, entry) in events {
+            if entry.id <= self.last_id {
+                continue;
+            }
+            self.last_id = entry.id;
+            if !entry.admits(user) {
+                continue;
+            }
+            scratch.clear();
+            let id = entry.id.to_string();
+            frame::encode_event(
+                scratch,
+                Some(&self.channels[i]),
+                Some(id.as_bytes()),
+                &entry.data,
+            );
+            out.push(Frame::Shared(scratch.as_slice().into()));
+        }
+        for (id, frame) in std::mem::take(&mut self.held) {
+            if self.accept_live(id) {
+                out.push(frame);
+            }
+        }
+        match self.resume {
+            Resume::After(since) => self.last_id = self.last_id.max(since.min(seq)),
+            Resume::Fresh | Resume::Malformed => self.floor = self.floor.max(seq),
+        }
+        self.phase = Phase::Live;
+        out
+    }
+
+    /// Bytes held, for backlog accounting.
+    pub fn held_frames(&self) -> impl Iterator<Item = &Frame> {
+        self.held.iter().map(|(_, f)| f)
+    }
+}
