@@ -51,7 +51,27 @@ pub unsafe fn add_static_header(
     key: &'static str,
     value: &'static str,
 ) -> bool {
-    // SAFETY: headers_out.headers is an ngx_list_t of ngx_table_elt_t.
+    // SAFETY: forwarded from the caller; static strings outlive the request.
+    unsafe { push_header(r, key, static_str(value)) }
+}
+
+/// Adds a response header whose value is copied into the request pool.
+///
+/// # Safety
+/// `r` must be a live request whose headers have not been sent yet.
+pub unsafe fn add_pool_header(r: *mut ngx_http_request_t, key: &'static str, value: &[u8]) -> bool {
+    // SAFETY: forwarded from the caller; the copy lives in the request pool.
+    unsafe {
+        match ngx_str_t::from_bytes((*r).pool, value) {
+            Some(value) => push_header(r, key, value),
+            None => false,
+        }
+    }
+}
+
+unsafe fn push_header(r: *mut ngx_http_request_t, key: &'static str, value: ngx_str_t) -> bool {
+    // SAFETY: headers_out.headers is an ngx_list_t of ngx_table_elt_t of a
+    // live request (caller's contract).
     unsafe {
         let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
         if h.is_null() {
@@ -61,7 +81,7 @@ pub unsafe fn add_static_header(
         ptr::write_bytes(h, 0, 1);
         (*h).hash = 1;
         (*h).key = static_str(key);
-        (*h).value = static_str(value);
+        (*h).value = value;
     }
     true
 }
@@ -71,28 +91,6 @@ pub fn cycle_log() -> *mut ngx_log_t {
     // SAFETY: ngx_cycle is set before any module code runs and is only read
     // on the worker's (single) thread.
     unsafe { (*ngx_cycle).log }
-}
-
-/// Adds a response header whose value is copied into the request pool.
-///
-/// # Safety
-/// `r` must be a live request whose headers have not been sent yet.
-pub unsafe fn add_pool_header(r: *mut ngx_http_request_t, key: &'static str, value: &[u8]) -> bool {
-    // SAFETY: as add_static_header; the value is copied into the pool.
-    unsafe {
-        let Some(value) = ngx_str_t::from_bytes((*r).pool, value) else {
-            return false;
-        };
-        let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
-        if h.is_null() {
-            return false;
-        }
-        ptr::write_bytes(h, 0, 1);
-        (*h).hash = 1;
-        (*h).key = static_str(key);
-        (*h).value = value;
-    }
-    true
 }
 
 /// The value of a request header (`lowercase_name` in lower case).

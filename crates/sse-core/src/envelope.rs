@@ -37,11 +37,16 @@ pub struct Envelope<'a> {
 impl Envelope<'_> {
     /// Whether a stream of `user` (None: anonymous) may receive this event.
     pub fn admits(&self, user: Option<&[u8]>) -> bool {
-        match (&self.audience, user) {
-            (None, _) => true,
-            (Some(users), Some(user)) => users.contains(&user),
-            (Some(_), None) => false,
-        }
+        audience_admits(self.audience.as_deref(), user)
+    }
+}
+
+/// Whether `user` (None: anonymous) is in `audience` (None: everyone).
+pub fn audience_admits<U: AsRef<[u8]>>(audience: Option<&[U]>, user: Option<&[u8]>) -> bool {
+    match (audience, user) {
+        (None, _) => true,
+        (Some(users), Some(user)) => users.iter().any(|u| u.as_ref() == user),
+        (Some(_), None) => false,
     }
 }
 

@@ -55,11 +55,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn admits(&self, user: Option<&[u8]>) -> bool {
-        match (&self.audience, user) {
-            (None, _) => true,
-            (Some(users), Some(user)) => users.iter().any(|u| u == user),
-            (Some(_), None) => false,
-        }
+        envelope::audience_admits(self.audience.as_deref(), user)
     }
 }
 
