@@ -382,8 +382,9 @@ subtest 'escape attempts against the grant logs:w1:*: refused or matched exactly
 # --- pattern subscriptions ----------------------------------------------------------
 
 subtest 'patterns: exact semantics, overlaps refused, only where enabled' => sub {
-    my $c = open_as(bob => 'channels=dashboards:*');
-    is $c->status, 200, 'bob: dashboards:*';
+    # root is granted **: only the subscription's own pattern filters here.
+    my $c = open_as(root => 'channels=dashboards:*');
+    is $c->status, 200, 'root (granted **): dashboards:*';
     ok wait_until(sub { (subscribed_now())[1] == 1 }, 5), 'pattern-subscribed (PSUBSCRIBE)';
     expect_only($c, 'dashboards:* matches one segment only',
         [['dashboards:7:x' => 'deep'], ['dashboards' => 'bare'], ['dashboards:1:2:3' => 'deeper'],
@@ -418,14 +419,15 @@ subtest 'patterns: exact semantics, overlaps refused, only where enabled' => sub
 };
 
 subtest 'sse: channels never reach clients, even through ** or *:*' => sub {
-    for my $pattern ('**', '*:*') {
+    for my $case (['**' => ['app:x:y deep', 'app:x visible']], ['*:*' => ['app:x visible']]) {
+        my ($pattern, $want) = @$case;
         my $c = open_as(root => "channels=$pattern");
         is $c->status, 200, "root (granted **) subscribes to $pattern";
         ok wait_until(sub { (subscribed_now())[1] == 1 }, 5), 'pattern-subscribed';
         expect_only($c, "$pattern: nothing from sse:*",
             [['sse:secret' => 'hidden'], ['sse:control' => 'revoke nobody'], ['sse:a:b' => 'hidden'],
-             ['sse:x' => "\x1esse1 to=root\nhidden"], ['app:x' => 'visible']],
-            ['app:x visible']);
+             ['sse:x' => "\x1esse1 to=root\nhidden"], ['app:x:y' => 'deep'], ['app:x' => 'visible']],
+            $want);
         $c->close;
         ok quiet(), 'released';
     }
