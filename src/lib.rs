@@ -4,6 +4,7 @@
 //! Layout (one file per concern):
 //! - [`config`]: directives, typed configuration, `nginx -t` errors;
 //! - [`stream`]: the content handler and the life of one SSE connection;
+//! - [`direct`]: the request-free transport of HTTP/1.x streams;
 //! - [`worker`]: per-worker state, fan-out, process start and shutdown;
 //! - [`redis`]: the worker's Redis connections inside nginx's event loop;
 //! - [`history`]: replay, catch-up and de-duplication of one stream;
@@ -18,6 +19,7 @@ use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
 mod config;
+mod direct;
 mod history;
 mod ngx_ext;
 mod redis;

@@ -25,14 +25,16 @@ use std::rc::Rc;
 
 use ngx::ffi::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
-    ngx_create_temp_buf, ngx_current_msec, ngx_del_timer, ngx_event_t, ngx_handle_write_event,
-    ngx_http_arg, ngx_http_cleanup_add, ngx_http_complex_value_t, ngx_http_discard_request_body,
-    ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
+    ngx_connection_t, ngx_create_temp_buf, ngx_current_msec, ngx_del_timer,
+    ngx_delete_posted_event, ngx_event_t, ngx_handle_write_event, ngx_http_arg,
+    ngx_http_cleanup_add, ngx_http_complex_value_t, ngx_http_discard_request_body,
+    ngx_http_finalize_request, ngx_http_free_request, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_http_send_header, ngx_http_send_special,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_str_t, NGX_AGAIN, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE, NGX_HTTP_FORBIDDEN, NGX_HTTP_GET,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pfree, ngx_post_event, ngx_posted_events,
+    ngx_str_t, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE,
+    NGX_HTTP_FORBIDDEN, NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_VERSION_20,
+    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
@@ -42,6 +44,7 @@ use sse_core::history::Resume;
 use sse_core::pattern::{Grants, Pattern};
 
 use crate::config::{LocConf, REFUSED_DENY};
+use crate::direct::{Direct, Written};
 use crate::history::History;
 use crate::ngx_ext::{
     add_pool_header, add_static_header, find_request_header, static_str, NgxStrExt,
@@ -80,8 +83,24 @@ fn buf_tag() -> *mut c_void {
     &BUF_TAG as *const u8 as *mut c_void
 }
 
+/// How the stream's bytes reach the client.
+pub enum Transport {
+    /// Through nginx's output filters, as a request: HTTP/2, TLS, or until
+    /// the takeover (see `direct.rs`).
+    Request(*mut ngx_http_request_t),
+    /// The request is retired; the stream writes to the connection itself.
+    Direct(Direct),
+}
+
 pub struct Stream {
-    request: *mut ngx_http_request_t,
+    transport: Transport,
+    /// The client connection (for logs and the address).
+    connection: *mut ngx_connection_t,
+    /// The takeover, posted to run once the content handler has returned.
+    takeover: ngx_event_t,
+    /// Set while nginx frees the request at takeover: its cleanup must not
+    /// free the stream.
+    detaching: bool,
     /// What the client subscribed to (channels, or patterns where allowed).
     subscriptions: Vec<Pattern>,
     /// Their registry keys (see Pattern::subscription_key).
@@ -181,7 +200,10 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
             .map(Pattern::subscription_key)
             .collect();
         let stream = Box::new(Stream {
-            request: r,
+            transport: Transport::Request(r),
+            connection: (*r).connection,
+            takeover: std::mem::zeroed(),
+            detaching: false,
             subscriptions: admitted.subscriptions,
             keys,
             user: admitted.user,
@@ -228,6 +250,12 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
         worker::register(key, &s.keys);
         if s.history.is_some() {
             worker::start_history(key);
+        }
+        if (*r).http_version < NGX_HTTP_VERSION_20 as usize {
+            s.takeover.handler = Some(takeover_handler);
+            s.takeover.data = key.as_ptr() as *mut c_void;
+            s.takeover.log = (*(*r).connection).log;
+            ngx_post_event(&mut s.takeover, &raw mut ngx_posted_events);
         }
         NGX_DONE as ngx_int_t
     }
@@ -538,21 +566,20 @@ impl Stream {
         self.queue.push_back(frame);
     }
 
-    /// Hands queued frames to nginx in one chain and releases the frames
-    /// nginx has finished sending. May end (and free) the stream.
+    /// Writes the queued frames (one output call) and releases the frames
+    /// already sent. May end (and free) the stream.
     ///
     /// # Safety
     /// `this` must be a registered, live stream.
     pub unsafe fn flush(this: StreamKey) {
-        // SAFETY: the caller guarantees `this` is live; the request outlives
-        // the stream (the stream is freed by the request's cleanup).
+        // SAFETY: the caller guarantees `this` is live; the request (or the
+        // connection) outlives the stream.
         unsafe {
             let s = &mut *this.as_ptr();
-            let r = s.request;
             match s.state {
                 State::Finished => return,
                 State::Overflowed => {
-                    let c = (*r).connection;
+                    let c = s.connection;
                     ngx_log_error!(
                         NGX_LOG_WARN,
                         (*c).log,
@@ -567,7 +594,36 @@ impl Stream {
                 }
                 State::Open => {}
             }
+            if !s.queue.is_empty() {
+                s.last_write = ngx_current_msec;
+            }
+            match s.transport {
+                Transport::Request(r) => Stream::flush_request(this, r),
+                Transport::Direct(_) => Stream::flush_direct(this),
+            }
+        }
+    }
 
+    unsafe fn flush_direct(this: StreamKey) {
+        // SAFETY: live stream with a live connection (caller's contract).
+        unsafe {
+            let s = &mut *this.as_ptr();
+            let Transport::Direct(direct) = &mut s.transport else {
+                return;
+            };
+            let total: usize = s.queue.iter().map(|f| f.bytes().len()).sum();
+            s.pending_bytes += direct.push(s.queue.drain(..), total);
+            match direct.write() {
+                Written::Some(n) => s.pending_bytes = s.pending_bytes.saturating_sub(n),
+                Written::Error => Stream::finish(this, false),
+            }
+        }
+    }
+
+    unsafe fn flush_request(this: StreamKey, r: *mut ngx_http_request_t) {
+        // SAFETY: live stream and request (caller's contract).
+        unsafe {
+            let s = &mut *this.as_ptr();
             let mut out: *mut ngx_chain_t = ptr::null_mut();
             let mut last: *mut *mut ngx_chain_t = &mut out;
             let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
@@ -595,7 +651,6 @@ impl Stream {
             if !last_buf.is_null() {
                 // Bypass postpone_output: events must leave now.
                 (*last_buf).set_flush(1);
-                s.last_write = ngx_current_msec;
             }
 
             let rc = ngx_http_output_filter(r, out);
@@ -658,14 +713,141 @@ impl Stream {
             if s.heartbeat.timer_set() != 0 {
                 ngx_del_timer(&mut s.heartbeat);
             }
-            let r = s.request;
-            let rc = if clean {
-                ngx_http_send_special(r, NGX_HTTP_LAST as usize)
-            } else {
-                NGX_HTTP_CLOSE as ngx_int_t
-            };
-            ngx_http_finalize_request(r, rc);
+            match &mut s.transport {
+                Transport::Request(r) => {
+                    let r = *r;
+                    let rc = if clean {
+                        ngx_http_send_special(r, NGX_HTTP_LAST as usize)
+                    } else {
+                        NGX_HTTP_CLOSE as ngx_int_t
+                    };
+                    ngx_http_finalize_request(r, rc);
+                }
+                Transport::Direct(direct) => {
+                    if clean {
+                        direct.push_end();
+                        if let Written::Some(_) = direct.write() {
+                            if !direct.is_empty() {
+                                // The write handler closes once the end is out.
+                                return;
+                            }
+                        }
+                    }
+                    Stream::close_direct(this);
+                }
+            }
         }
+    }
+
+    /// Closes a direct stream's connection and frees the stream.
+    unsafe fn close_direct(this: StreamKey) {
+        // SAFETY: live direct stream (caller's contract); it is unregistered
+        // (finished) and nothing refers to it once the connection is closed.
+        unsafe {
+            let mut s = Box::from_raw(this.as_ptr());
+            if s.state != State::Finished {
+                s.state = State::Finished;
+                worker::unregister(this, &s.keys);
+            }
+            if s.heartbeat.timer_set() != 0 {
+                ngx_del_timer(&mut s.heartbeat);
+            }
+            if let Transport::Direct(direct) = &mut s.transport {
+                direct.close();
+            }
+        }
+    }
+
+    /// The connection whose posted requests must run after this stream did
+    /// something outside nginx's request events (request transport only).
+    pub fn request_connection(&self) -> Option<*mut ngx_connection_t> {
+        matches!(self.transport, Transport::Request(_)).then_some(self.connection)
+    }
+}
+
+/// Retires the request of an HTTP/1.x stream and keeps the connection (see
+/// `direct.rs`). Runs from the posted-events queue, after the content
+/// handler returned; streams that do not qualify stay requests.
+unsafe extern "C" fn takeover_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the event is posted by a live stream and unposted by its
+    // cleanup; nginx request fields are read on the worker thread.
+    unsafe {
+        let key = NonNull::new_unchecked((*ev).data as *mut Stream);
+        let s = &mut *key.as_ptr();
+        let Transport::Request(r) = s.transport else {
+            return;
+        };
+        let c = (*r).connection;
+        let qualifies = s.state == State::Open
+            && (*c).ssl.is_null()
+            && (*c).buffered() == 0
+            && (*r).out.is_null()
+            && (*r).postponed.is_null()
+            && (*r).main == r
+            && (*r).count() == 1
+            && (*r).headers_out.content_encoding.is_null()
+            && s.busy.is_null()
+            && s.in_flight.is_empty();
+        if !qualifies {
+            return;
+        }
+        let chunked = (*r).chunked() != 0;
+        // nginx logs the request and frees it; the cleanup sees `detaching`.
+        s.detaching = true;
+        ngx_http_free_request(r, 0);
+        s.detaching = false;
+        (*c).set_destroyed(0);
+        // The request-header buffer is no longer referenced by anything.
+        let b = (*c).buffer;
+        if !b.is_null() && ngx_pfree((*c).pool, (*b).start as *mut c_void) == NGX_OK as ngx_int_t {
+            (*c).buffer = ptr::null_mut();
+        }
+        (*c).data = key.as_ptr() as *mut c_void;
+        (*(*c).read).handler = Some(direct_read_handler);
+        (*(*c).write).handler = Some(direct_write_handler);
+        (*(*c).log).action = c"streaming events".as_ptr() as *mut _;
+        s.free = ptr::null_mut();
+        s.transport = Transport::Direct(Direct::new(c, chunked));
+        if !s.queue.is_empty() {
+            Stream::flush(key);
+        }
+    }
+}
+
+unsafe extern "C" fn direct_read_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the connection's `data` is its stream from the takeover on.
+    unsafe {
+        let c = (*ev).data as *mut ngx_connection_t;
+        let key = NonNull::new_unchecked((*c).data as *mut Stream);
+        let Transport::Direct(direct) = &mut (*key.as_ptr()).transport else {
+            return;
+        };
+        if direct.client_gone() {
+            Stream::finish(key, false);
+        }
+    }
+}
+
+unsafe extern "C" fn direct_write_handler(ev: *mut ngx_event_t) {
+    // SAFETY: as direct_read_handler.
+    unsafe {
+        let c = (*ev).data as *mut ngx_connection_t;
+        let key = NonNull::new_unchecked((*c).data as *mut Stream);
+        let s = &mut *key.as_ptr();
+        let Transport::Direct(direct) = &mut s.transport else {
+            return;
+        };
+        if direct.ending {
+            // A clean end in progress: write it out, or give up on timeout.
+            let done = (*ev).timedout() != 0
+                || !matches!(direct.write(), Written::Some(_))
+                || direct.is_empty();
+            if done {
+                Stream::close_direct(key);
+            }
+            return;
+        }
+        Stream::flush(key);
     }
 }
 
@@ -703,12 +885,14 @@ unsafe extern "C" fn heartbeat_handler(ev: *mut ngx_event_t) {
             ngx_add_timer(ev, s.heartbeat_ms - idle_for);
             return;
         }
-        let c = (*s.request).connection;
+        let c = s.request_connection();
         ngx_add_timer(ev, s.heartbeat_ms);
         s.enqueue(Frame::Static(frame::HEARTBEAT));
         Stream::flush(key);
         // A timer is not a request event: run what finalizing may have posted.
-        ngx_http_run_posted_requests(c);
+        if let Some(c) = c {
+            ngx_http_run_posted_requests(c);
+        }
     }
 }
 
@@ -719,6 +903,16 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     unsafe {
         let key = NonNull::new_unchecked(data as *mut Stream);
         let s = &mut *key.as_ptr();
+        if let Transport::Request(r) = s.transport {
+            *ctx_slot(r) = ptr::null_mut();
+        }
+        if s.detaching {
+            // The takeover: the request goes, the stream stays.
+            return;
+        }
+        if s.takeover.posted() != 0 {
+            ngx_delete_posted_event(&mut s.takeover);
+        }
         if s.state != State::Finished {
             s.state = State::Finished;
             worker::unregister(key, &s.keys);
@@ -726,16 +920,6 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
         if s.heartbeat.timer_set() != 0 {
             ngx_del_timer(&mut s.heartbeat);
         }
-        *ctx_slot(s.request) = ptr::null_mut();
         drop(Box::from_raw(key.as_ptr()));
     }
-}
-
-/// Runs a request's posted requests after work done outside its own events.
-///
-/// # Safety
-/// `this` must be live when called; it may be freed afterwards.
-pub unsafe fn connection_of(this: StreamKey) -> *mut ngx::ffi::ngx_connection_t {
-    // SAFETY: the caller guarantees the stream is live.
-    unsafe { (*(*this.as_ptr()).request).connection }
 }

@@ -31,7 +31,7 @@ use sse_core::resp::Value;
 use crate::history::Phase;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{RedisBridge, RedisEvent, Request, Role, Sink};
-use crate::stream::{self, Frame, Stream, StreamKey};
+use crate::stream::{Frame, Stream, StreamKey};
 use crate::SseModule;
 
 /// The `sse_publish` function library, loaded by the commands connection.
@@ -436,9 +436,11 @@ fn flush_all(mut batch: Vec<StreamKey>) {
         // is unregistered, and only the stream being flushed can end here.
         unsafe {
             (*key.as_ptr()).dirty = false;
-            let c = stream::connection_of(key);
+            let c = (*key.as_ptr()).request_connection();
             Stream::flush(key);
-            ngx_http_run_posted_requests(c);
+            if let Some(c) = c {
+                ngx_http_run_posted_requests(c);
+            }
         }
     }
     batch.clear();
@@ -548,9 +550,11 @@ fn end_streams(streams: Vec<StreamKey>) {
         // SAFETY: the streams were registered (live) when listed, and
         // finishing one frees at most that one.
         unsafe {
-            let c = stream::connection_of(key);
+            let c = (*key.as_ptr()).request_connection();
             Stream::finish(key, true);
-            ngx_http_run_posted_requests(c);
+            if let Some(c) = c {
+                ngx_http_run_posted_requests(c);
+            }
         }
     }
 }
