@@ -38,6 +38,7 @@ our @EXPORT = qw(
     sse_connect wait_clients wait_events
     http_request redis_cmd redis_connect numsub wait_subscribed
     free_port wait_until rss_kb children_of slurp
+    load_sse_function sse_publish start_publisher event_source wait_sources
 );
 
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
@@ -305,13 +306,15 @@ use Time::HiRes qw(time sleep);
 # A redis-server child process on a loopback port. new() only picks the port,
 # so a test can start nginx while Redis is still down.
 # Options: port (default: a free one), password (requirepass), args (more
-# redis-server arguments, e.g. ['--maxclients', 100]).
+# redis-server arguments, e.g. ['--maxclients', 100]), persist (true: append-only
+# file, fsync at every write, so that the data survives stop/start).
 sub new {
     my ($class, %opt) = @_;
     my $self = bless {
         port     => $opt{port} || SSETest::free_port(),
         password => $opt{password},
         args     => $opt{args} || [],
+        persist  => $opt{persist},
         dir      => SSETest::_tempdir('redis'),
     }, $class;
     return $self;
@@ -330,7 +333,8 @@ sub start {
     $self->{pid} = SSETest::_spawn("$self->{dir}/redis.out",
         $SSETest::REDIS_BIN,
         '--port', $self->{port}, '--bind', '127.0.0.1', '--daemonize', 'no',
-        '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
+        '--save', '', '--dir', $self->{dir},
+        ($self->{persist} ? ('--appendonly', 'yes', '--appendfsync', 'always') : ('--appendonly', 'no')),
         '--logfile', "$self->{dir}/redis.log",
         (defined $self->{password} ? ('--requirepass', $self->{password}) : ()),
         @{ $self->{args} });
@@ -354,7 +358,8 @@ sub stop {
     return $self;
 }
 
-# Stops and starts again on the same port (the data set is empty anyway).
+# Stops and starts again on the same port (the data set is empty anyway,
+# unless persist is set).
 sub restart { $_[0]->stop->start }
 
 sub cmd { my $self = shift; SSETest::redis_cmd($self, @_) }
@@ -1118,6 +1123,16 @@ sub events_until {
 sub pending_events { scalar(@{ $_[0]{events} }) - $_[0]{next_index} }
 sub all_events { @{ $_[0]{events} } }
 
+# Returns the events not yet returned and forgets every event so far (for
+# long runs; all_events then starts after them).
+sub take_events {
+    my ($self) = @_;
+    my @ev = @{ $self->{events} }[ $self->{next_index} .. $#{ $self->{events} } ];
+    $self->{events} = [];
+    $self->{next_index} = 0;
+    return @ev;
+}
+
 # Reads for $seconds and returns the events that arrived meanwhile (consumed).
 sub collect {
     my ($self, $seconds) = @_;
@@ -1160,5 +1175,298 @@ sub close {
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); CORE::close($_[0]{sock}) if $_[0]{sock} }
+
+# ---------------------------------------------------------------------------
+# History (sse_history): the sse_publish function, a publisher process, and
+# a client that reconnects like EventSource
+# ---------------------------------------------------------------------------
+
+package SSETest;
+
+# load_sse_function($port_or_redis): FUNCTION LOAD REPLACE of redis/sse.lua,
+# what the workers do themselves when a location has `sse_history on` (a test
+# that publishes at once does not have to wait for them). Returns the library
+# name; dies on an error reply.
+sub load_sse_function {
+    my ($target) = @_;
+    my $code = slurp("$REPO/redis/sse.lua");
+    die "cannot read $REPO/redis/sse.lua\n" unless length $code;
+    my $reply = redis_cmd($target, FUNCTION => LOAD => REPLACE => $code);
+    die "FUNCTION LOAD failed: $reply\n" if ref $reply;
+    return $reply;
+}
+
+# sse_publish($port_or_redis_or_conn, $channel, $payload, @options):
+# FCALL sse_publish 0 $channel $payload @options ('maxlen=10', 'ttl=5', ...).
+# Returns the event id (a number) or an SSETest::RedisError.
+sub sse_publish {
+    my ($target, $channel, $payload, @options) = @_;
+    my @cmd = (FCALL => sse_publish => 0, $channel, $payload, @options);
+    return $target->cmd(@cmd) if ref $target && $target->isa('SSETest::RedisConn');
+    return redis_cmd($target, @cmd);
+}
+
+# start_publisher(redis => $redis_or_port, channels => [...], rate => 100,
+#                 options => ['maxlen=5000']): a child process that publishes
+# with FCALL sse_publish at a steady rate (messages per second, all channels
+# together), round robin over the channels, payload "<channel> #<n>" with n
+# counting from 1 per channel. Like a service, it retries a message that
+# certainly failed (no connection, error reply such as LOADING) every 50 ms
+# until Redis takes it; a message that was sent but whose reply never came
+# (connection lost) is recorded as unknown and not retried (Redis may or may
+# not have run it). Returns an SSETest::Publisher: ->stop ends it and returns
+# { accepted => [[channel, n, id, time], ...] (in publish order), unknown =>
+# [[channel, n], ...], failures => attempts that failed, failed_first /
+# failed_last => times of the first and last failure }.
+sub start_publisher {
+    my (%o) = @_;
+    my $dir = _tempdir('publisher');
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
+        $SIG{PIPE} = 'IGNORE';
+        my $ok = eval { _publisher_loop($dir, %o); 1 };
+        print STDERR "publisher: $@" unless $ok;
+        POSIX::_exit($ok ? 0 : 1);    # never the parent's END blocks
+    }
+    $PROCESS_GROUPS{$pid} = 1;
+    return bless { pid => $pid, dir => $dir }, 'SSETest::Publisher';
+}
+
+sub _publisher_loop {
+    my ($dir, %o) = @_;
+    my $target   = $o{redis} or die "start_publisher: redis required\n";
+    my @channels = @{ $o{channels} or die "start_publisher: channels required\n" };
+    my $rate     = $o{rate} || 100;
+    my @options  = @{ $o{options} || [] };
+    open my $log, '>>', "$dir/log" or die "cannot write $dir/log: $!\n";
+    $log->autoflush(1);
+    my %n;
+    my $k = 0;
+    my $conn;
+    my $next = time;
+    while (!-e "$dir/stop") {
+        my $left = $next - time;
+        sleep $left if $left > 0;
+        $next = time if time - $next > 0.2;    # far behind (an outage): no burst
+        my $ch = $channels[ $k % @channels ];
+        my $n  = ($n{$ch} // 0) + 1;
+        my $sent = 0;
+        my $reply = eval {
+            $conn ||= SSETest::RedisConn->new($target, timeout => 3) or die "connect: $!\n";
+            $conn->send_cmd(FCALL => sse_publish => 0, $ch, "$ch #$n", @options);
+            $sent = 1;
+            $conn->read_reply;
+        };
+        my $t = sprintf '%.3f', time;
+        if (defined $reply && !ref $reply && $reply =~ /^\d+$/) {
+            print {$log} "A $ch $n $reply $t\n";
+        } elsif ($sent && !defined $reply) {    # sent, then the connection broke
+            print {$log} "U $ch $n - $t\n";
+            $conn->close if $conn;
+            undef $conn;
+        } else {                                # certainly not run: retry it
+            my $why = defined $reply ? "$reply" : $@;
+            $why =~ s/\s+/ /g;
+            print {$log} "F $ch $n - $t $why\n";
+            if (!defined $reply) { $conn->close if $conn; undef $conn; }
+            $next = time + 0.05;
+            next;
+        }
+        $n{$ch} = $n;
+        $k++;
+        $next += 1 / $rate;
+    }
+    close $log;
+}
+
+package SSETest::Publisher;
+
+use Time::HiRes qw(time sleep);
+
+sub pid { $_[0]{pid} }
+
+# What was published so far (see start_publisher), read from the log.
+sub results {
+    my ($self) = @_;
+    my %r = (accepted => [], unknown => [], failures => 0, failed_first => undef, failed_last => undef);
+    for my $line (split /\n/, SSETest::slurp("$self->{dir}/log")) {
+        my ($kind, $ch, $n, $id, $t) = split / /, $line;
+        next unless defined $t;    # a line being written
+        if ($kind eq 'A') { push @{ $r{accepted} }, [ $ch, $n, $id, $t ] }
+        elsif ($kind eq 'U') { push @{ $r{unknown} }, [ $ch, $n ] }
+        elsif ($kind eq 'F') {
+            $r{failures}++;
+            $r{failed_first} //= $t;
+            $r{failed_last} = $t;
+        }
+    }
+    return \%r;
+}
+
+# Stops publishing (after the message in progress) and returns results().
+sub stop {
+    my ($self, $timeout) = @_;
+    if ($self->{pid}) {
+        SSETest::_spew("$self->{dir}/stop", '');
+        my $took = SSETest::_wait_child($self->{pid}, $timeout || 10);
+        SSETest::_stop_group($self->{pid}, 'KILL', 5) unless defined $took;
+        delete $self->{pid};
+    }
+    return $self->results;
+}
+
+sub DESTROY { local ($., $@, $!, $^E, $?); SSETest::_stop_group($_[0]{pid}, 'KILL', 5) if $_[0]{pid} }
+
+package SSETest;
+
+# event_source($port, $path, %opt): a client that behaves like a browser's
+# EventSource (SSETest::EventSource).
+sub event_source { SSETest::EventSource->new(@_) }
+
+# wait_sources(\@sources, $cond, $timeout): reads from all the EventSource
+# clients at once (reconnecting them when due) until $cond->($source) holds
+# for all of them or $timeout seconds passed. Returns the number for which
+# $cond holds.
+sub wait_sources {
+    my ($sources, $cond, $timeout) = @_;
+    my $deadline = time + $timeout;
+    while (1) {
+        my %by_sock;
+        for my $es (@$sources) {
+            $es->_tick;
+            my $c = $es->{client};
+            $by_sock{ 0 + $c->{sock} } = $es if $c && $c->{sock};
+        }
+        my $done = grep { $cond->($_) } @$sources;
+        return $done if $done == @$sources;
+        my $left = $deadline - time;
+        return $done if $left <= 0;
+        my $sel = IO::Select->new(map { $_->{client}{sock} } values %by_sock);
+        if ($sel->count) {
+            $by_sock{ 0 + $_ }->pump for $sel->can_read($left < 0.05 ? $left : 0.05);
+        } else {
+            sleep($left < 0.05 ? $left : 0.05);
+        }
+    }
+}
+
+package SSETest::EventSource;
+
+# What a browser's EventSource does with a stream: when a response that
+# answered 200 ends (cleanly or not), or the connection fails, it waits the
+# reconnection time (the last retry: field received; 3 s before any; or the
+# retry_ms option) and requests the same URL again with `Last-Event-ID: <the
+# id of the last event received>`. A response other than 200 ends it for good
+# ({failed}). Options: headers (as for sse_connect, first request included),
+# retry_ms.
+#
+# {events}: every event of every connection, in arrival order, each with
+# {conn} (0 for the first connection); {connections}: per connection
+# { sent_id (the Last-Event-ID sent), status, echo (Last-Event-ID response
+# header), ended ('clean' / 'closed' / 'failed'), end_reason, opened, ended_at,
+# partial (ended in the middle of an event) }; {last_id}.
+
+use Time::HiRes qw(time sleep);
+
+sub new {
+    my ($class, $port, $path, %opt) = @_;
+    my $self = bless {
+        port => $port, path => $path, headers => $opt{headers} || {}, retry_ms => $opt{retry_ms},
+        events => [], next_index => 0, connections => [], last_id => undef, retry => 3000,
+        client => undef, reconnect_at => undef, failed => undef,
+    }, $class;
+    $self->_open;
+    return $self;
+}
+
+sub _open {
+    my ($self) = @_;
+    my %h = %{ $self->{headers} };
+    $h{'Last-Event-ID'} = $self->{last_id} if defined $self->{last_id} && length $self->{last_id};
+    my $info = { sent_id => $h{'Last-Event-ID'}, opened => time };
+    push @{ $self->{connections} }, $info;
+    $self->{reconnect_at} = undef;
+    my $c = eval { SSETest::Client->new($self->{port}, $self->{path}, headers => \%h) };
+    if (!$c) {    # network error: try again later, like a browser
+        @$info{qw(ended end_reason ended_at)} = ('closed', "connect: $@", time);
+        $self->{reconnect_at} = time + $self->_retry_s;
+        return;
+    }
+    $self->{client} = $c;
+}
+
+sub _retry_s { my $s = shift; ($s->{retry_ms} // $s->{retry}) / 1000 }
+
+# Reads what is there and moves the events over; handles the end of a
+# connection and a due reconnection.
+sub pump {
+    my ($self) = @_;
+    my $c = $self->{client} or return $self->_tick;
+    $c->pump;
+    $self->_collect;
+    $self->_tick;
+}
+
+sub _collect {
+    my ($self) = @_;
+    my $c = $self->{client} or return;
+    my $info = $self->{connections}[-1];
+    if (!defined $info->{status} && defined $c->{status}) {
+        $info->{status} = $c->{status};
+        $info->{echo}   = $c->{headers}{'last-event-id'};
+    }
+    my $conn = $#{ $self->{connections} };
+    for my $e ($c->take_events) {
+        $e->{conn} = $conn;
+        $self->{last_id} = $e->{id} if defined $e->{id};
+        push @{ $self->{events} }, $e;
+    }
+    my @retries = $c->retries;
+    $self->{retry} = $retries[-1] if @retries;
+}
+
+sub _tick {
+    my ($self) = @_;
+    my $c = $self->{client};
+    if ($c && $c->{ended}) {
+        $self->_collect;
+        my $info = $self->{connections}[-1];
+        @$info{qw(ended end_reason ended_at)} = ($c->{ended}, $c->{end_reason}, $c->{ended_at});
+        $info->{partial} = (length $c->{line} || length $c->{data}) ? 1 : 0;
+        $self->{client} = undef;
+        if (defined $c->{status} && $c->{status} != 200) {
+            $self->{failed} = "status $c->{status}";
+        } else {
+            $self->{reconnect_at} = time + $self->_retry_s;
+        }
+    }
+    $self->_open if !$self->{client} && !$self->{failed} && defined $self->{reconnect_at}
+        && time >= $self->{reconnect_at};
+    return 0;
+}
+
+# The next event not yet returned (waiting up to $timeout s), like
+# SSETest::Client::next_event but across reconnections.
+sub next_event {
+    my ($self, $timeout) = @_;
+    SSETest::wait_sources([$self], sub { $_[0]->pending_events > 0 }, $timeout // 5);
+    return undef unless $self->pending_events;
+    return $self->{events}[ $self->{next_index}++ ];
+}
+
+sub pending_events { scalar(@{ $_[0]{events} }) - $_[0]{next_index} }
+sub all_events { @{ $_[0]{events} } }
+sub connections { @{ $_[0]{connections} } }
+sub reconnections { scalar(@{ $_[0]{connections} }) - 1 }
+
+sub close {
+    my ($self) = @_;
+    $self->{failed} //= 'closed by test';
+    $self->{client}->close if $self->{client};
+    $self->{client} = undef;
+}
 
 1;
