@@ -4,6 +4,7 @@
 #   make build-vendored   module + nginx binary for ngx's bundled nginx (mainline 1.28)
 #   make test             cargo test + prove t/ against a real nginx and redis-server
 #   make demo             the demo on loopback (redis + nginx + publisher)
+#   make bench            benchmark against nchan (bench/README.md)
 #   make deps             apt packages a fresh Debian machine lacks
 
 SHELL := /bin/bash
@@ -27,7 +28,7 @@ APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl cur
 
 SSE_MODULE ?= $(CURDIR)/$(MODULE)
 
-.PHONY: build build-vendored test test-vendored unit prove lint demo deps clean-nginx-tree
+.PHONY: build build-vendored test test-vendored unit prove lint demo deps clean-nginx-tree bench
 
 build: $(DEBIAN_OBJS)/ngx_auto_config.h
 	NGINX_BUILD_DIR=$(DEBIAN_OBJS) $(CARGO) build --release
@@ -55,7 +56,7 @@ build-vendored:
 	  echo "test it with: make prove NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so"
 
 unit:
-	$(CARGO) test -p sse-core
+	$(CARGO) test -p sse-core -p sse-bench
 
 lint: $(DEBIAN_OBJS)/ngx_auto_config.h
 	$(CARGO) fmt --all -- --check
@@ -69,6 +70,12 @@ test: deps unit prove
 
 test-vendored: build-vendored
 	NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so prove -j2 -r t/
+
+# Side by side with nchan (not part of `make test`); see bench/README.md.
+# BENCH_ARGS=--quick for a smoke run.
+bench: build
+	@$(MAKE) --no-print-directory deps APT_PACKAGES=libnginx-mod-nchan
+	$(CARGO) run --release -p sse-bench -- $(BENCH_ARGS)
 
 # The README's demo command.
 demo: deps build
