@@ -49,6 +49,8 @@ pub struct History {
     /// Bumped at each restart of a replay, so late replies are ignored.
     pub generation: u32,
     held: Vec<(Option<u64>, Frame)>,
+    /// What each read of the transaction is, in order.
+    kinds: Vec<RequestKind>,
     /// The stream's concrete channels (patterns have no history).
     channels: Vec<Box<[u8]>>,
     outstanding: usize,
@@ -69,6 +71,7 @@ impl History {
             phase: Phase::AwaitingBarrier(0),
             generation: 0,
             held: Vec::new(),
+            kinds: Vec::new(),
             channels,
             outstanding: 0,
             seq: None,
@@ -102,8 +105,22 @@ impl History {
         self.outstanding = 0;
     }
 
-    /// The reads to send, as (kind, command arguments).
-    pub fn requests(&mut self, prefix: &str) -> Vec<(RequestKind, Vec<Vec<u8>>)> {
+    /// The reads to send, as one transaction: every channel is read up to
+    /// the same point of the global sequence (a read spread over time could
+    /// miss an event published between two channels' reads, then drop its
+    /// live copy as older than what was replayed).
+    pub fn requests(&mut self, prefix: &str) -> Vec<Vec<Vec<u8>>> {
+        let reads = self.reads(prefix);
+        self.kinds = reads.iter().map(|(kind, _)| *kind).collect();
+        self.phase = Phase::Fetching;
+        self.outstanding = 1;
+        self.seq = None;
+        self.results = vec![ChannelHistory::default(); self.channels.len()];
+        self.failed = vec![false; self.channels.len()];
+        reads.into_iter().map(|(_, args)| args).collect()
+    }
+
+    fn reads(&self, prefix: &str) -> Vec<(RequestKind, Vec<Vec<u8>>)> {
         let mut out = vec![(
             RequestKind::Seq,
             vec![b"GET".to_vec(), format!("{prefix}:seq").into_bytes()],
@@ -146,11 +163,6 @@ impl History {
                 Resume::Fresh | Resume::Malformed => {}
             }
         }
-        self.phase = Phase::Fetching;
-        self.outstanding = out.len();
-        self.seq = None;
-        self.results = vec![ChannelHistory::default(); self.channels.len()];
-        self.failed = vec![false; self.channels.len()];
         out
     }
 
@@ -159,6 +171,19 @@ impl History {
     pub fn reply(&mut self, kind: RequestKind, value: &Value<'_>) -> (bool, Option<String>) {
         let mut problem = None;
         match kind {
+            RequestKind::Snapshot => match value {
+                Value::Array(Some(replies)) if replies.len() == self.kinds.len() => {
+                    for (kind, reply) in self.kinds.clone().into_iter().zip(replies) {
+                        self.outstanding += 1;
+                        let (_, p) = self.reply(kind, reply);
+                        problem = problem.or(p);
+                    }
+                }
+                _ => {
+                    self.failed.iter_mut().for_each(|f| *f = true);
+                    problem = Some("history transaction failed".to_string());
+                }
+            },
             RequestKind::Seq => match value {
                 Value::Bulk(None) => self.seq = Some(0),
                 _ => match value.as_bytes().and_then(sse_core::envelope::parse_id) {

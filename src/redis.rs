@@ -74,6 +74,8 @@ pub struct Request {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
+    /// The EXEC of a MULTI holding all the reads below: one atomic snapshot.
+    Snapshot,
     /// GET of the global sequence.
     Seq,
     /// XRANGE / XREVRANGE of channel `i` of the stream's history.
@@ -406,13 +408,21 @@ impl RedisBridge {
         }
     }
 
-    /// Commands: sends a request whose reply goes to [`Sink::reply`].
-    /// Returns false if the connection is not ready (nothing is sent).
-    pub fn request<A: AsRef<[u8]>>(&mut self, request: Request, args: &[A]) -> bool {
+    /// Commands: sends `commands` as one MULTI/EXEC transaction, so that
+    /// Redis runs them with nothing in between; the EXEC reply (an array of
+    /// their replies) goes to [`Sink::reply`] as `request`.
+    pub fn transaction(&mut self, request: Request, commands: &[Vec<Vec<u8>>]) -> bool {
         if self.state != State::Ready || self.role != Role::Commands {
             return false;
         }
-        resp::encode_command(&mut self.wbuf, args);
+        resp::encode_command(&mut self.wbuf, &[b"MULTI"]);
+        self.pending.push_back(Pending::Internal);
+        for args in commands {
+            resp::encode_command(&mut self.wbuf, args);
+            // "+QUEUED"
+            self.pending.push_back(Pending::Internal);
+        }
+        resp::encode_command(&mut self.wbuf, &[b"EXEC"]);
         self.pending.push_back(Pending::Request(request));
         true
     }

@@ -31,12 +31,12 @@ use ngx::ffi::{
     ngx_http_finalize_request, ngx_http_free_request, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_http_send_header, ngx_http_send_special,
     ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pfree, ngx_post_event, ngx_posted_events,
-    ngx_str_t, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLOSE,
-    NGX_HTTP_FORBIDDEN, NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST,
-    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_VERSION_20,
-    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    ngx_str_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
+    NGX_HTTP_CLOSE, NGX_HTTP_FORBIDDEN, NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_LAST, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_HTTP_VERSION_20, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf};
+use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 use sse_core::envelope::{self, Envelope};
 use sse_core::frame;
@@ -187,6 +187,13 @@ unsafe fn open(r: *mut ngx_http_request_t) -> ngx_int_t {
         if let Some(Resume::After(since)) = history.as_ref().map(History::resume) {
             // Where the replay starts, for clients that read headers.
             add_pool_header(r, "Last-Event-ID", since.to_string().as_bytes());
+        }
+
+        // Events are small writes that must leave at once: without
+        // TCP_NODELAY, Nagle's algorithm holds one back until the previous
+        // one is acknowledged, and delayed ACKs make that up to 40 ms.
+        if NgxHttpCoreModule::location_conf(&*r).is_some_and(|clcf| clcf.tcp_nodelay != 0) {
+            ngx_tcp_nodelay((*r).connection);
         }
 
         let rc = send_stream_header(r, lcf.retry, &admitted.refused);

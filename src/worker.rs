@@ -30,7 +30,7 @@ use sse_core::resp::Value;
 
 use crate::history::Phase;
 use crate::ngx_ext::cycle_log;
-use crate::redis::{RedisBridge, RedisEvent, Request, Role, Sink};
+use crate::redis::{RedisBridge, RedisEvent, Request, RequestKind, Role, Sink};
 use crate::stream::{Frame, Stream, StreamKey};
 use crate::SseModule;
 
@@ -400,17 +400,13 @@ impl Worker {
                 continue; // sent when the commands connection is ready
             }
             let generation = h.generation;
-            for (kind, args) in h.requests(&self.prefix) {
-                commands.request(
-                    Request {
-                        stream: id,
-                        generation,
-                        kind,
-                    },
-                    &args,
-                );
-            }
-            sent = true;
+            let reads = h.requests(&self.prefix);
+            let request = Request {
+                stream: id,
+                generation,
+                kind: RequestKind::Snapshot,
+            };
+            sent |= commands.transaction(request, &reads);
         }
         if sent {
             commands.send();

@@ -4,7 +4,8 @@
 # order, then live events; history that is gone (maxlen, ttl) is announced by
 # an sse-gap event; ids nginx cannot resume from give sse-gap and live events;
 # sse_history_start N replays the last N per channel to a new subscriber; a
-# location without history ignores Last-Event-ID.
+# location without history ignores Last-Event-ID; many clients resuming at
+# once while several publishers publish each get every message exactly once.
 use strict;
 use warnings;
 use FindBin;
@@ -270,6 +271,54 @@ subtest '(g) resume on channels that never had history: no gap' => sub {
         is $c->pending_events, 0, 'and nothing more';
         leave($c, $path);
     }
+};
+
+subtest '(h) 300 clients resume at the same moment while 4 services publish' => sub {
+    # Like the browsers of a busy page coming back after a network blip: the
+    # worker reads 300 histories at once while messages keep coming.
+    my $N = 300;
+    my @chans = map { "storm:$_" } 1 .. 6;
+    my @pubs = map {
+        start_publisher(redis => $rp, channels => [ $_ % 2 ? @chans : reverse @chans ], rate => 500,
+            options => ['maxlen=100000'])
+    } 1 .. 4;
+    sleep 0.3;
+    my $since = redis_cmd($rp, GET => 'sse:seq');
+    my $path = '/h?channels=' . join(',', @chans);
+    my @c = map { sse_connect($port, $path, headers => { 'Last-Event-ID' => $since }) } 1 .. $N;
+    sleep 0.3;    # not reading meanwhile: nginx and the sockets hold what comes
+    my @res = map { $_->stop } @pubs;
+    my $accepted = 0;
+    $accepted += @{ $_->{accepted} } for @res;
+    my %chan_of;    # id => channel, for every message after $since
+    for my $ch (@chans) {
+        for (@{ redis_cmd($rp, XRANGE => "sse:h:$ch", "($since-0", '+') }) {
+            my ($id) = $_->[0] =~ /^(\d+)-0$/;
+            $chan_of{$id} = $ch;
+        }
+    }
+    my @want = sort { $a <=> $b } keys %chan_of;
+    ok @want > 100, scalar(@want) . " messages published after the clients' position ($accepted in all)";
+    my $complete = wait_clients(\@c, sub { $_[0]->pending_events && ($_[0]{events}[-1]{id} // 0) >= $want[-1] }, 30);
+    is $complete, $N, "all $N clients reached the last message";
+    wait_clients(\@c, sub { 0 }, 0.3);
+    my @wrong;
+    for my $i (0 .. $#c) {
+        my @ev   = $c[$i]->all_events;
+        my @got  = map { $_->{id} // '-' } grep { $_->{event} ne 'sse-gap' } @ev;
+        my $gaps = grep { $_->{event} eq 'sse-gap' } @ev;
+        next if !$gaps && "@got" eq "@want";
+        my %have = map { $_ => 1 } @got;
+        my @missing = grep { !$have{$_} } @want;
+        my %n;
+        my $dups = grep { $n{$_}++ == 1 } @got;
+        push @wrong, sprintf 'client %d: %d events, %d expected, %d sse-gap, %d duplicated, missing %d: %s',
+            $i, scalar(@got), scalar(@want), $gaps, $dups, scalar(@missing),
+            join(' ', map { "$_ ($chan_of{$_})" } @missing[0 .. ($#missing < 5 ? $#missing : 5)]);
+    }
+    is scalar(@wrong), 0, 'every client got every message after its position exactly once, in id order, no sse-gap'
+        or diag join "\n", scalar(@wrong) . " of $N clients wrong:", @wrong[0 .. ($#wrong < 9 ? $#wrong : 9)];
+    $_->close for @c;
 };
 
 is_deeply [$nginx->worker_pids], \@workers, 'the same worker ran the whole file (no crash)';

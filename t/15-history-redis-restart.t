@@ -65,7 +65,15 @@ is scalar(grep { $_->{client} && !$_->{client}{ended} } @clients), $CLIENTS, 'Re
 $redis->start(timeout => 15);
 my $up = time;
 note sprintf 'Redis back after %.2f s down', $up - $down;
-wait_sources(\@clients, sub { 0 }, 3);
+my ($resub, $polled) = (undef, 0);
+wait_sources(\@clients, sub {    # meanwhile, note when both workers have subscribed again
+    if (!$resub && $_[0] == $clients[0] && time - $polled > 0.05) {
+        $polled = time;
+        my $n = eval { numsub($rp, @CHANS) } || {};
+        $resub = time unless grep { ($n->{$_} // 0) < 2 } @CHANS;
+    }
+    0;
+}, 3);
 my $res = $pub->stop;
 my @accepted = @{ $res->{accepted} };
 note sprintf '%d accepted, %d unknown, %d failed attempts (first %.2f s, last %.2f s after the stop)',
@@ -74,6 +82,10 @@ note sprintf '%d accepted, %d unknown, %d failed attempts (first %.2f s, last %.
 ok $res->{failures} > 0, "the publisher saw Redis down ($res->{failures} failed attempts, retried)";
 my $after = grep { $_->[3] > $up } @accepted;
 ok $after > 0, "and published again after the restart ($after accepted)";
+my $unseen = grep { $_->[3] > $up && (!$resub || $_->[3] < $resub) } @accepted;
+note sprintf 'workers subscribed again %s after Redis came back: %d messages were accepted before that '
+    . '(they can only reach the clients through the history)',
+    $resub ? sprintf('%.2f s', $resub - $up) : 'not within 3 s', $unseen;
 
 # What Redis holds is the truth: each accepted message is there (it survived
 # the restart), and nothing else but messages whose reply was lost.
