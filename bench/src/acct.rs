@@ -45,7 +45,12 @@ pub fn decode(data: &[u8]) -> Option<Stamp> {
     let seq = field(b's')?;
     let t_ns = field(b't')?;
     let run = field(b'r')?;
-    Some(Stamp { chan: u32::try_from(chan).ok()?, seq, t_ns, run: u32::try_from(run).ok()? })
+    Some(Stamp {
+        chan: u32::try_from(chan).ok()?,
+        seq,
+        t_ns,
+        run: u32::try_from(run).ok()?,
+    })
 }
 
 /// What one subscriber saw of its channel's sequence.
@@ -77,7 +82,10 @@ pub enum Outcome {
 
 impl SubAcct {
     pub fn new(chan: u32) -> Self {
-        SubAcct { chan, ..Default::default() }
+        SubAcct {
+            chan,
+            ..Default::default()
+        }
     }
 
     /// Counts one delivery of `seq` (> 0) on channel `chan`.
@@ -158,6 +166,24 @@ pub fn totals(subs: &[SubAcct], last_seq: &[u64]) -> Totals {
     t
 }
 
+/// The (channel, sequence) pairs that some subscriber never got, with how
+/// many subscribers missed each; at most `limit` pairs, lowest first.
+pub fn missing_pairs(subs: &[SubAcct], last_seq: &[u64], limit: usize) -> Vec<(u32, u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    for s in subs {
+        let last = last_seq.get(s.chan as usize).copied().unwrap_or(0);
+        for q in 1..=last {
+            if !s.has(q) {
+                *m.entry((s.chan, q)).or_insert(0u64) += 1;
+            }
+        }
+    }
+    m.into_iter()
+        .take(limit)
+        .map(|((c, q), n)| (c, q, n))
+        .collect()
+}
+
 /// A log-linear histogram of nanosecond values: 2^SUB_BITS buckets per
 /// power of two, so a reported percentile is within 1/2^SUB_BITS (0.8%).
 #[derive(Clone)]
@@ -174,7 +200,13 @@ const SUB: u64 = 1 << SUB_BITS;
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: vec![0; ((64 - SUB_BITS as usize) + 1) * SUB as usize], count: 0, sum: 0, min: u64::MAX, max: 0 }
+        Histogram {
+            counts: vec![0; ((64 - SUB_BITS as usize) + 1) * SUB as usize],
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
     }
 }
 
@@ -238,7 +270,12 @@ mod tests {
     #[test]
     fn payload_roundtrip_and_padding() {
         let mut b = Vec::new();
-        let s = Stamp { chan: 17, seq: 12345, t_ns: 987654321012, run: 4242 };
+        let s = Stamp {
+            chan: 17,
+            seq: 12345,
+            t_ns: 987654321012,
+            run: 4242,
+        };
         encode(&mut b, s, 128);
         assert_eq!(b.len(), 128);
         assert!(b.starts_with(b"c=17 s=12345 t=987654321012 r=4242 xx"));
@@ -256,7 +293,10 @@ mod tests {
         for s in 1..=200 {
             assert_eq!(a.record(3, s), Outcome::InOrder);
         }
-        assert_eq!((a.received, a.duplicated, a.out_of_order, a.missing(200)), (200, 0, 0, 0));
+        assert_eq!(
+            (a.received, a.duplicated, a.out_of_order, a.missing(200)),
+            (200, 0, 0, 0)
+        );
     }
 
     #[test]
@@ -293,13 +333,31 @@ mod tests {
         let t = totals(&subs, &[5, 3]);
         assert_eq!(
             t,
-            Totals { received: 11, missing: 2 + 1, duplicated: 1, out_of_order: 1, misrouted: 0, expected: 13 }
+            Totals {
+                received: 11,
+                missing: 2 + 1,
+                duplicated: 1,
+                out_of_order: 1,
+                misrouted: 0,
+                expected: 13
+            }
         );
     }
 
     #[test]
     fn histogram_buckets_are_exact_below_sub_and_tight_above() {
-        for v in [0u64, 1, 127, 128, 129, 255, 256, 1000, 123_456_789, u64::MAX / 2] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            129,
+            255,
+            256,
+            1000,
+            123_456_789,
+            u64::MAX / 2,
+        ] {
             let (lo, hi) = bucket_range(bucket(v));
             assert!(lo <= v && v <= hi, "{v} in [{lo},{hi}]");
             assert!((hi - lo) as f64 <= v as f64 / SUB as f64 + 1.0);

@@ -89,6 +89,8 @@ pub struct Sink {
     settled: u64,
     /// When the last counted delivery arrived.
     pub last_delivery_ns: u64,
+    /// Latency per send second (only with SSE_BENCH_TIMELINE set).
+    pub timeline: Option<std::collections::BTreeMap<usize, Histogram>>,
 }
 
 enum Act {
@@ -106,7 +108,8 @@ impl Sink {
                     self.st.connected += 1;
                 } else {
                     self.st.bad_status += 1;
-                    self.st.note(format!("HTTP {} for channel {}", h.status, c.chan));
+                    self.st
+                        .note(format!("HTTP {} for channel {}", h.status, c.chan));
                     return Act::Close;
                 }
             }
@@ -145,6 +148,13 @@ impl Sink {
                         Outcome::Duplicate | Outcome::Misrouted => {}
                     }
                     self.latency.record(now.saturating_sub(s.t_ns));
+                    if let Some(tl) = &mut self.timeline {
+                        // (send second, latency) for SSE_BENCH_TIMELINE
+                        let sec = (s.t_ns / 1_000_000_000) as usize;
+                        tl.entry(sec)
+                            .or_default()
+                            .record(now.saturating_sub(s.t_ns));
+                    }
                 }
                 self.last_delivery_ns = now;
             }
@@ -153,7 +163,19 @@ impl Sink {
     }
 }
 
+/// Where the event loop's time goes.
+#[derive(Debug, Clone, Default)]
+pub struct LoopStats {
+    pub wakeups: u64,
+    pub events: u64,
+    pub max_events: u64,
+    pub wait_ns: u64,
+    pub busy_ns: u64,
+    pub max_busy_ns: u64,
+}
+
 pub struct Engine {
+    pub loop_stats: LoopStats,
     ep: Epoll,
     evs: Vec<(u64, u32)>,
     conns: Vec<Option<Conn>>,
@@ -171,8 +193,14 @@ pub struct Engine {
 
 impl Engine {
     /// Subscribers will ask for `GET {path_prefix}{channel name}`.
-    pub fn new(port: u16, run: u32, path_prefix: &str, chan_names: Vec<String>) -> std::io::Result<Engine> {
+    pub fn new(
+        port: u16,
+        run: u32,
+        path_prefix: &str,
+        chan_names: Vec<String>,
+    ) -> std::io::Result<Engine> {
         Ok(Engine {
+            loop_stats: LoopStats::default(),
             ep: Epoll::new()?,
             evs: Vec::with_capacity(4096),
             conns: Vec::new(),
@@ -196,6 +224,7 @@ impl Engine {
                 distinct: 0,
                 settled: 0,
                 last_delivery_ns: 0,
+                timeline: std::env::var_os("SSE_BENCH_TIMELINE").map(|_| Default::default()),
             },
         })
     }
@@ -239,7 +268,11 @@ impl Engine {
         }
         self.conns[slot] = Some(Conn {
             fd,
-            v: ConnView { sub, chan, headed: false },
+            v: ConnView {
+                sub,
+                chan,
+                headed: false,
+            },
             written: 0,
             connecting: true,
             t_open: sys::now_ns(),
@@ -268,11 +301,23 @@ impl Engine {
     /// Handles whatever is ready within `timeout_ms`.
     pub fn poll(&mut self, timeout_ms: i32) {
         let mut evs = std::mem::take(&mut self.evs);
+        let t_wait = sys::now_ns();
         self.ep.wait(timeout_ms, &mut evs);
+        let t0 = sys::now_ns();
+        self.loop_stats.wait_ns += t0 - t_wait;
+        self.loop_stats.wakeups += 1;
+        self.loop_stats.events += evs.len() as u64;
+        self.loop_stats.max_events = self.loop_stats.max_events.max(evs.len() as u64);
         for &(token, events) in &evs {
             let slot = token as usize;
-            let Some(mut c) = self.conns[slot].take() else { continue };
-            let keep = if c.connecting { self.on_connect(slot, &mut c, events) } else { self.on_read(&mut c) };
+            let Some(mut c) = self.conns[slot].take() else {
+                continue;
+            };
+            let keep = if c.connecting {
+                self.on_connect(slot, &mut c, events)
+            } else {
+                self.on_read(&mut c)
+            };
             if keep {
                 self.conns[slot] = Some(c);
             } else {
@@ -280,6 +325,9 @@ impl Engine {
             }
         }
         self.evs = evs;
+        let busy = sys::now_ns() - t0;
+        self.loop_stats.busy_ns += busy;
+        self.loop_stats.max_busy_ns = self.loop_stats.max_busy_ns.max(busy);
     }
 
     fn on_connect(&mut self, slot: usize, c: &mut Conn, events: u32) -> bool {
@@ -369,7 +417,9 @@ impl Engine {
     fn lost(&mut self, c: &Conn, why: &str) {
         if c.v.headed {
             self.sink.st.server_closed += 1;
-            self.sink.st.note(format!("stream of subscriber {} ended: {why}", c.v.sub));
+            self.sink
+                .st
+                .note(format!("stream of subscriber {} ended: {why}", c.v.sub));
         } else {
             self.sink.st.connect_errors += 1;
             self.sink.settled += 1;
@@ -388,7 +438,9 @@ impl Engine {
         self.sink.settled = 0;
         let t0 = sys::now_ns();
         let mut next = 0usize;
-        while (self.sink.settled as usize) < chans.len() && sys::now_ns() - t0 < timeout_ms * 1_000_000 {
+        while (self.sink.settled as usize) < chans.len()
+            && sys::now_ns() - t0 < timeout_ms * 1_000_000
+        {
             while next < chans.len() && next - (self.sink.settled as usize).min(next) < inflight {
                 self.open(next as u32, chans[next]);
                 next += 1;
@@ -408,7 +460,13 @@ impl Engine {
 
     /// Channels with a subscriber that has not seen a warm-up message yet.
     pub fn cold_channels(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.sink.subs.iter().filter(|s| !s.warm).map(|s| s.chan).collect();
+        let mut v: Vec<u32> = self
+            .sink
+            .subs
+            .iter()
+            .filter(|s| !s.warm)
+            .map(|s| s.chan)
+            .collect();
         v.sort();
         v.dedup();
         v

@@ -88,9 +88,14 @@ fn parse_head(raw: &[u8]) -> Result<Head, ParseError> {
         .next()
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or(ParseError::BadStatusLine)?;
-    let mut head = Head { status, ..Head::default() };
+    let mut head = Head {
+        status,
+        ..Head::default()
+    };
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = value.to_ascii_lowercase().contains("chunked");
@@ -106,14 +111,23 @@ fn parse_head(raw: &[u8]) -> Result<Head, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// Reading the hex size; `digits` seen so far.
-    Size { val: u64, digits: u32 },
+    Size {
+        val: u64,
+        digits: u32,
+    },
     /// After `;` in the size line: extensions, skipped to the LF.
-    Ext { val: u64 },
+    Ext {
+        val: u64,
+    },
     Data(u64),
     /// After a chunk's data: CR LF.
-    DataEnd { cr: bool },
+    DataEnd {
+        cr: bool,
+    },
     /// After the last chunk: trailer lines until an empty one.
-    Trailer { line_empty: bool },
+    Trailer {
+        line_empty: bool,
+    },
     Done,
 }
 
@@ -124,7 +138,9 @@ pub struct ChunkedDecoder {
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { st: Chunk::Size { val: 0, digits: 0 } }
+        ChunkedDecoder {
+            st: Chunk::Size { val: 0, digits: 0 },
+        }
     }
 }
 
@@ -152,7 +168,10 @@ impl ChunkedDecoder {
                                 return Err(ParseError::BadChunkSize);
                             }
                             let d = (b as char).to_digit(16).unwrap() as u64;
-                            self.st = Chunk::Size { val: val * 16 + d, digits: digits + 1 };
+                            self.st = Chunk::Size {
+                                val: val * 16 + d,
+                                digits: digits + 1,
+                            };
                         }
                         b';' | b' ' | b'\t' if digits > 0 => self.st = Chunk::Ext { val },
                         b'\r' if digits > 0 => self.st = Chunk::Ext { val },
@@ -160,15 +179,13 @@ impl ChunkedDecoder {
                         _ => return Err(ParseError::BadChunkSize),
                     }
                 }
-                Chunk::Ext { val } => {
-                    match input[i..].iter().position(|&b| b == b'\n') {
-                        Some(p) => {
-                            i += p + 1;
-                            self.end_size_line(val);
-                        }
-                        None => i = input.len(),
+                Chunk::Ext { val } => match input[i..].iter().position(|&b| b == b'\n') {
+                    Some(p) => {
+                        i += p + 1;
+                        self.end_size_line(val);
                     }
-                }
+                    None => i = input.len(),
+                },
                 Chunk::Data(left) => {
                     let n = ((input.len() - i) as u64).min(left) as usize;
                     out(&input[i..i + n]);
@@ -208,7 +225,11 @@ impl ChunkedDecoder {
     }
 
     fn end_size_line(&mut self, val: u64) {
-        self.st = if val == 0 { Chunk::Trailer { line_empty: true } } else { Chunk::Data(val) };
+        self.st = if val == 0 {
+            Chunk::Trailer { line_empty: true }
+        } else {
+            Chunk::Data(val)
+        };
     }
 }
 
@@ -270,7 +291,11 @@ impl Body {
 pub enum SseItem<'a> {
     /// A dispatched event: its `event:` type (empty if none) and its data,
     /// the `data:` lines joined by `\n`.
-    Event { event: &'a [u8], data: &'a [u8], id: &'a [u8] },
+    Event {
+        event: &'a [u8],
+        data: &'a [u8],
+        id: &'a [u8],
+    },
     /// A comment line (`:` ...), e.g. a heartbeat.
     Comment,
     /// A `retry:` field with a valid number.
@@ -296,7 +321,11 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    pub fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(SseItem)) -> Result<(), ParseError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut impl FnMut(SseItem),
+    ) -> Result<(), ParseError> {
         if self.skip_lf && !input.is_empty() {
             self.skip_lf = false;
             if input[0] == b'\n' {
@@ -340,7 +369,11 @@ fn line(ev: &mut SseEvent, l: &[u8], out: &mut impl FnMut(SseItem)) {
     if l.is_empty() {
         if ev.has_data {
             let data = &ev.data[..ev.data.len() - 1]; // drop the last '\n'
-            out(SseItem::Event { event: &ev.event, data, id: &ev.id });
+            out(SseItem::Event {
+                event: &ev.event,
+                data,
+                id: &ev.id,
+            });
         }
         ev.data.clear();
         ev.event.clear();
@@ -372,11 +405,9 @@ fn line(ev: &mut SseEvent, l: &[u8], out: &mut impl FnMut(SseItem)) {
             ev.id.clear();
             ev.id.extend_from_slice(value);
         }
-        b"retry" => {
-            if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                if let Ok(n) = std::str::from_utf8(value).unwrap().parse() {
-                    out(SseItem::Retry(n));
-                }
+        b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+            if let Ok(n) = std::str::from_utf8(value).unwrap_or("").parse() {
+                out(SseItem::Retry(n));
             }
         }
         _ => {}
@@ -407,12 +438,20 @@ pub struct SseStream {
 
 impl Default for SseStream {
     fn default() -> Self {
-        SseStream { phase: Phase::Head(HeadParser::default()), head: None, sse: SseParser::default() }
+        SseStream {
+            phase: Phase::Head(HeadParser::default()),
+            head: None,
+            sse: SseParser::default(),
+        }
     }
 }
 
 impl SseStream {
-    pub fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(StreamItem)) -> Result<(), ParseError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut impl FnMut(StreamItem),
+    ) -> Result<(), ParseError> {
         loop {
             match &mut self.phase {
                 Phase::Head(hp) => match hp.feed(input)? {
@@ -589,7 +628,14 @@ mod tests {
     fn chunk_extensions_and_uppercase_hex() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nB;foo=bar\r\ndata: abcd\n\r\n1\r\n\n\r\n0\r\nX-Trailer: 1\r\n\r\n";
         let got = all_splits(raw);
-        assert_eq!(got, vec![Own::Head(200, true), Own::Event("".into(), "abcd".into(), "".into()), Own::End]);
+        assert_eq!(
+            got,
+            vec![
+                Own::Head(200, true),
+                Own::Event("".into(), "abcd".into(), "".into()),
+                Own::End
+            ]
+        );
     }
 
     #[test]
@@ -618,16 +664,29 @@ mod tests {
     #[test]
     fn error_status_and_bad_chunk() {
         let mut v = Vec::new();
-        collect(&mut SseStream::default(), b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nabc", &mut v);
+        collect(
+            &mut SseStream::default(),
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nabc",
+            &mut v,
+        );
         assert_eq!(v, vec![Own::Head(400, false), Own::End]);
         let mut s = SseStream::default();
-        let r = s.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", &mut |_| {});
+        let r = s.feed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            &mut |_| {},
+        );
         assert_eq!(r, Err(ParseError::BadChunkSize));
         let mut s = SseStream::default();
-        let r = s.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX", &mut |_| {});
+        let r = s.feed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX",
+            &mut |_| {},
+        );
         assert_eq!(r, Err(ParseError::BadChunkEnd));
         let mut s = SseStream::default();
-        assert_eq!(s.feed(b"SSH-2.0\r\n\r\n", &mut |_| {}), Err(ParseError::BadStatusLine));
+        assert_eq!(
+            s.feed(b"SSH-2.0\r\n\r\n", &mut |_| {}),
+            Err(ParseError::BadStatusLine)
+        );
     }
 
     #[test]
@@ -636,9 +695,16 @@ mod tests {
         let mut body = String::from("data: ");
         body.push_str(&payload);
         body.push_str("\n\n");
-        let parts: Vec<String> = body.as_bytes().chunks(4096).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+        let parts: Vec<String> = body
+            .as_bytes()
+            .chunks(4096)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
         let parts: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-        let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}", chunked(&parts));
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            chunked(&parts)
+        );
         let mut v = Vec::new();
         let mut s = SseStream::default();
         for piece in raw.as_bytes().chunks(1000) {

@@ -5,6 +5,18 @@
 //! with thousands of SSE subscribers on one epoll loop and a paced publisher
 //! thread, and prints a table. See bench/README.md.
 
+/// println!/eprintln! that never panic (a closed pipe must not abort the
+/// run before it has stopped its servers).
+macro_rules! outln {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stdout(), $($t)*); }};
+}
+macro_rules! errln {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stderr(), $($t)*); }};
+}
+macro_rules! err {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stderr(), $($t)*); }};
+}
+
 mod acct;
 mod client;
 mod http;
@@ -51,6 +63,12 @@ options:
   --nchan-module PATH     (default: /usr/lib/nginx/modules/ngx_nchan_module.so)
   --nginx PATH            nginx binary (default: /usr/sbin/nginx)
   --redis-server PATH     (default: redis-server from PATH)
+  --churn-cycles N         cycles of the churn workload (default 100000, quick 5000)
+  --fanout-rate N          msg/s of fanout-100 and its pinned variant (default 1000, quick 500)
+  --retries N             run a workload again, up to N times, when other processes
+                          used > 25% of a CPU during it (default 2; the least
+                          disturbed run is kept)
+  --quiet-wait S          before each run, wait up to S s for an idle machine (default 60)
   --out FILE              also write the report (markdown) to FILE
   --keep                  keep the temporary nginx prefixes and logs
 ";
@@ -66,21 +84,58 @@ struct Args {
     redis: String,
     out: Option<PathBuf>,
     keep: bool,
+    churn_cycles: Option<u64>,
+    fanout_rate: Option<f64>,
+    retries: u32,
+    quiet_wait: u64,
+}
+
+/// More CPU than this (% of one CPU) used by other processes during a
+/// measured phase makes the run suspect.
+const OTHERS_LIMIT: f64 = 25.0;
+
+/// Waits until the machine has been almost idle (< 10 % of all CPUs busy)
+/// for a second, at most `max_s` seconds. Returns whether it was.
+fn wait_quiet(max_s: u64) -> bool {
+    let t0 = Instant::now();
+    loop {
+        let (a, w0) = (sys::machine_cpu(), sys::now_ns());
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let (b, w1) = (sys::machine_cpu(), sys::now_ns());
+        let busy = ((b.procs + b.irq) - (a.procs + a.irq)) as f64
+            / (w1 - w0) as f64
+            / sys::num_cpus() as f64;
+        if busy < 0.10 {
+            return true;
+        }
+        if t0.elapsed().as_secs() >= max_s || stopping() {
+            return false;
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let mut a = Args {
         self_check: false,
         quick: false,
         only: None,
         targets: None,
-        module: ws.join("target/release/libngx_http_sse_module.so").to_string_lossy().into_owned(),
+        module: ws
+            .join("target/release/libngx_http_sse_module.so")
+            .to_string_lossy()
+            .into_owned(),
         nchan_module: "/usr/lib/nginx/modules/ngx_nchan_module.so".into(),
         nginx: "/usr/sbin/nginx".into(),
         redis: "redis-server".into(),
         out: None,
         keep: false,
+        churn_cycles: None,
+        fanout_rate: None,
+        retries: 2,
+        quiet_wait: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -90,6 +145,30 @@ fn parse_args() -> Result<Args, String> {
             "self-check" | "--self-check" => a.self_check = true,
             "--quick" => a.quick = true,
             "--keep" => a.keep = true,
+            "--retries" => {
+                a.retries = val("--retries")?
+                    .parse()
+                    .map_err(|_| "--retries needs a number")?
+            }
+            "--quiet-wait" => {
+                a.quiet_wait = val("--quiet-wait")?
+                    .parse()
+                    .map_err(|_| "--quiet-wait needs seconds")?
+            }
+            "--fanout-rate" => {
+                a.fanout_rate = Some(
+                    val("--fanout-rate")?
+                        .parse()
+                        .map_err(|_| "--fanout-rate needs a number")?,
+                )
+            }
+            "--churn-cycles" => {
+                a.churn_cycles = Some(
+                    val("--churn-cycles")?
+                        .parse()
+                        .map_err(|_| "--churn-cycles needs a number")?,
+                )
+            }
             "--only" => a.only = Some(val("--only")?.split(',').map(str::to_string).collect()),
             "--targets" => {
                 let v = val("--targets")?;
@@ -113,9 +192,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             if !e.is_empty() {
-                eprintln!("sse-bench: {e}\n");
+                errln!("sse-bench: {e}\n");
             }
-            eprint!("{USAGE}");
+            err!("{USAGE}");
             return ExitCode::from(if e.is_empty() { 0 } else { 2 });
         }
     };
@@ -125,22 +204,43 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let (soft, hard) = sys::raise_nofile();
-    let targets = args.targets.clone().unwrap_or(if args.self_check { vec![Target::Sse] } else { vec![Target::Sse, Target::Nchan] });
+    let targets = args.targets.clone().unwrap_or(if args.self_check {
+        vec![Target::Sse]
+    } else {
+        vec![Target::Sse, Target::Nchan]
+    });
     for t in &targets {
-        let m = if *t == Target::Sse { &args.module } else { &args.nchan_module };
+        let m = if *t == Target::Sse {
+            &args.module
+        } else {
+            &args.nchan_module
+        };
         if !Path::new(m).exists() {
-            eprintln!("sse-bench: module {m} not found (for {}); build it with `make build`", t.label());
+            errln!(
+                "sse-bench: module {m} not found (for {}); build it with `make build`",
+                t.label()
+            );
             return ExitCode::from(2);
         }
     }
     let tmp = std::env::temp_dir().join(format!("sse-bench-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&tmp) {
-        eprintln!("sse-bench: {}: {e}", tmp.display());
+        errln!("sse-bench: {}: {e}", tmp.display());
         return ExitCode::from(2);
     }
+    // nginx loads a private copy: a rebuild of the module during the run
+    // cannot change what is measured.
+    let module_copy = tmp.join("libngx_http_sse_module.so");
+    if targets.contains(&Target::Sse) {
+        if let Err(e) = std::fs::copy(&args.module, &module_copy) {
+            errln!("sse-bench: copying {}: {e}", args.module);
+            return ExitCode::from(2);
+        }
+    }
+    let module_copy = module_copy.to_string_lossy().into_owned();
     let code = match Redis::start(&args.redis, &tmp) {
         Err(e) => {
-            eprintln!("sse-bench: starting {}: {e}", args.redis);
+            errln!("sse-bench: starting {}: {e}", args.redis);
             ExitCode::from(2)
         }
         Ok(redis) => {
@@ -148,7 +248,7 @@ fn main() -> ExitCode {
             let mut env = Env {
                 opts: NginxOpts {
                     nginx_bin: &args.nginx,
-                    sse_module: &args.module,
+                    sse_module: &module_copy,
                     nchan_module: &args.nchan_module,
                     // worker_rlimit_nofile 65536 where allowed; nginx runs as
                     // root here and cannot go above the hard limit.
@@ -159,8 +259,13 @@ fn main() -> ExitCode {
                 tmp: tmp.clone(),
                 run,
                 notes: Vec::new(),
+                log_notes: Vec::new(),
             };
-            eprintln!("sse-bench: RLIMIT_NOFILE {soft}/{hard}, redis-server on 127.0.0.1:{}, work dir {}", redis.port, tmp.display());
+            errln!(
+                "sse-bench: RLIMIT_NOFILE {soft}/{hard}, redis-server on 127.0.0.1:{}, work dir {}",
+                redis.port,
+                tmp.display()
+            );
             if args.self_check {
                 self_check(&mut env, &targets)
             } else {
@@ -169,7 +274,7 @@ fn main() -> ExitCode {
         }
     };
     if args.keep {
-        eprintln!("sse-bench: kept {}", tmp.display());
+        errln!("sse-bench: kept {}", tmp.display());
     } else {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -185,7 +290,17 @@ struct Plan {
 }
 
 fn fanout(name: &str, channels: u32, subs: u32, rate: f64, secs: f64, size: usize) -> Fanout {
-    Fanout { name: name.into(), channels, subs, rate, secs, size, pin: false, client_inject: ClientInject::default(), plan_inject: None }
+    Fanout {
+        name: name.into(),
+        channels,
+        subs,
+        rate,
+        secs,
+        size,
+        pin: false,
+        client_inject: ClientInject::default(),
+        plan_inject: None,
+    }
 }
 
 fn plan(quick: bool) -> Plan {
@@ -217,34 +332,87 @@ fn describe(f: &Fanout) -> String {
         f.rate,
         f.secs,
         f.size,
-        if f.pin { "; nginx and redis on CPU 0, sse-bench on CPU 1" } else { "" }
+        if f.pin {
+            "; nginx and redis on CPU 0, sse-bench on CPU 1"
+        } else {
+            ""
+        }
     )
 }
 
 fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCode {
-    let p = plan(args.quick);
+    let mut p = plan(args.quick);
+    if let Some(n) = args.churn_cycles {
+        p.churn.0 = n;
+    }
+    if let Some(r) = args.fanout_rate {
+        p.f100.rate = r;
+    }
     let mut pinned = p.f100.clone();
     pinned.name = "fanout-100-pinned".into();
     pinned.pin = true;
-    let all = ["idle", "fanout-1", "fanout-100", "large", "churn", "fanout-100-pinned"];
-    let wanted: Vec<&str> = all.iter().copied().filter(|w| args.only.as_ref().map_or(true, |o| o.iter().any(|x| x == w))).collect();
+    let all = [
+        "idle",
+        "fanout-1",
+        "fanout-100",
+        "large",
+        "churn",
+        "fanout-100-pinned",
+    ];
+    let wanted: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|w| {
+            args.only
+                .as_ref()
+                .map_or(true, |o| o.iter().any(|x| x == w))
+        })
+        .collect();
     if let Some(o) = &args.only {
         if let Some(bad) = o.iter().find(|x| !all.contains(&x.as_str())) {
-            eprintln!("sse-bench: unknown workload {bad}");
+            errln!("sse-bench: unknown workload {bad}");
             return ExitCode::from(2);
         }
     }
     let mut header = String::new();
-    header.push_str(&format!("sse-bench{} — {}\n\n", if args.quick { " --quick" } else { "" }, targets.iter().map(|t| t.label()).collect::<Vec<_>>().join(" vs ")));
-    header.push_str(&format!("- nginx: {} ({})\n", args.nginx, cmd_out(&args.nginx, &["-v"]).trim()));
-    header.push_str(&format!("- nginx-sse module: {}\n- nchan module: {}\n", args.module, args.nchan_module));
-    header.push_str(&format!("- redis-server: {}\n", cmd_out(&args.redis, &["--version"]).trim()));
+    header.push_str(&format!(
+        "sse-bench{} — {}\n\n",
+        if args.quick { " --quick" } else { "" },
+        targets
+            .iter()
+            .map(|t| t.label())
+            .collect::<Vec<_>>()
+            .join(" vs ")
+    ));
+    header.push_str(&format!(
+        "- nginx: {} ({})\n",
+        args.nginx,
+        cmd_out(&args.nginx, &["-v"]).trim()
+    ));
+    header.push_str(&format!(
+        "- nginx-sse module: {} ({})\n- nchan module: {} (Debian libnginx-mod-nchan {})\n",
+        args.module,
+        module_provenance(&args.module),
+        args.nchan_module,
+        cmd_out("dpkg-query", &["-W", "-f=${Version}", "libnginx-mod-nchan"]).trim()
+    ));
+    header.push_str(&format!(
+        "- redis-server: {}\n",
+        cmd_out(&args.redis, &["--version"]).trim()
+    ));
     header.push_str(&format!(
         "- both nginx configs: worker_processes 2, worker_connections 65536, worker_rlimit_nofile {}, access_log off; nchan: Redis via upstream (nchan_redis_pass), subscriber eventsource, first message newest, ping 30 s\n",
         hard.min(65536)
     ));
-    header.push_str(&format!("- {} CPUs, load average at start: {}\n", sys::num_cpus(), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
+    header.push_str(&format!(
+        "- {} CPUs, load average at start: {}\n",
+        sys::num_cpus(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    ));
     header.push_str("\nworkloads:\n");
+    let list_from = header.len();
     for w in &wanted {
         let d = match *w {
             "idle" => format!("{} idle streams over {} channels, no messages: memory per connection", p.idle.0, p.idle.1),
@@ -259,26 +427,109 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
         };
         header.push_str(&format!("- {w}: {d}\n"));
     }
-    eprint!("{header}");
+    err!("{}", &header[list_from..]);
     let t_all = Instant::now();
     let mut sections = Vec::new();
     for w in &wanted {
-        let mut sec = Section { workload: w.to_string(), results: Vec::new() };
+        let mut sec = Section {
+            workload: w.to_string(),
+            results: Vec::new(),
+        };
         for &t in targets {
             if stopping() {
                 break;
             }
-            let t0 = Instant::now();
-            eprint!("[{:>6.1}s] {w} / {} ...", t_all.elapsed().as_secs_f64(), t.label());
-            let r: std::io::Result<Vec<Row>> = match *w {
-                "idle" => workloads::idle(env, t, p.idle.0, p.idle.1),
-                "fanout-1" => workloads::fanout(env, t, &p.f1).map(|r| r.0),
-                "fanout-100" => workloads::fanout(env, t, &p.f100).map(|r| r.0),
-                "large" => workloads::fanout(env, t, &p.large).map(|r| r.0),
-                "churn" => workloads::churn(env, t, p.churn.0, p.churn.1, p.churn.2),
-                _ => workloads::fanout(env, t, &pinned).map(|r| r.0),
+            // On this shared machine other sessions' jobs come and go: wait
+            // for a quiet moment, and run again (up to --retries times) if
+            // something else took more than a quarter of a CPU meanwhile;
+            // the run with the least interference is kept.
+            #[allow(clippy::type_complexity)]
+            let mut best: Option<(
+                f64,
+                std::io::Result<Vec<Row>>,
+                Vec<String>,
+                Vec<(String, Vec<String>)>,
+            )> = None;
+            for attempt in 0..=args.retries {
+                if stopping() {
+                    break;
+                }
+                let quiet = wait_quiet(args.quiet_wait);
+                // Notes of this attempt are kept only if the attempt is.
+                let (notes0, log_notes0) = (env.notes.len(), env.log_notes.clone());
+                let t0 = Instant::now();
+                err!(
+                    "[{:>6.1}s] {w} / {}{} ...",
+                    t_all.elapsed().as_secs_f64(),
+                    t.label(),
+                    if attempt > 0 {
+                        format!(" (attempt {})", attempt + 1)
+                    } else {
+                        String::new()
+                    }
+                );
+                if !quiet {
+                    err!(
+                        " (machine not quiet after {} s, running anyway)",
+                        args.quiet_wait
+                    );
+                }
+                let r: std::io::Result<Vec<Row>> = match *w {
+                    "idle" => workloads::idle(env, t, p.idle.0, p.idle.1),
+                    "fanout-1" => workloads::fanout(env, t, &p.f1).map(|r| r.0),
+                    "fanout-100" => workloads::fanout(env, t, &p.f100).map(|r| r.0),
+                    "large" => workloads::fanout(env, t, &p.large).map(|r| r.0),
+                    "churn" => workloads::churn(env, t, p.churn.0, p.churn.1, p.churn.2),
+                    _ => workloads::fanout(env, t, &pinned).map(|r| r.0),
+                };
+                let others = r
+                    .as_ref()
+                    .ok()
+                    .and_then(|rows| rows.iter().find(|r| r.metric == workloads::OTHERS_METRIC))
+                    .and_then(|r| match r.val {
+                        report::Val::Num(v, _) => Some(v),
+                        _ => None,
+                    })
+                    .unwrap_or(0.0);
+                errln!(
+                    " {:.1}s{}{}",
+                    t0.elapsed().as_secs_f64(),
+                    if r.is_err() { " FAILED" } else { "" },
+                    if others > OTHERS_LIMIT {
+                        format!(" (other processes used {others:.0}% of a CPU)")
+                    } else {
+                        String::new()
+                    }
+                );
+                let notes = env.notes.split_off(notes0);
+                let log_notes = std::mem::replace(&mut env.log_notes, log_notes0);
+                let better = match &best {
+                    None => true,
+                    Some((b, Err(_), _, _)) => r.is_ok() || others < *b,
+                    Some((b, Ok(_), _, _)) => r.is_ok() && others < *b,
+                };
+                if better {
+                    best = Some((others, r, notes, log_notes));
+                }
+                if best
+                    .as_ref()
+                    .is_some_and(|(o, r, _, _)| r.is_ok() && *o <= OTHERS_LIMIT)
+                {
+                    break;
+                }
+            }
+            let Some((others, r, notes, log_notes)) = best else {
+                break;
             };
-            eprintln!(" {:.1}s{}", t0.elapsed().as_secs_f64(), if r.is_err() { " FAILED" } else { "" });
+            env.notes.extend(notes);
+            env.log_notes = log_notes;
+            if others > OTHERS_LIMIT {
+                env.notes.push(format!(
+                    "{w} / {}: other processes used {others:.0}% of a CPU during the kept run (the least of {} attempts)",
+                    t.label(),
+                    args.retries + 1
+                ));
+            }
             if let Err(e) = &r {
                 env.notes.push(format!("{w} / {}: FAILED: {e}", t.label()));
             }
@@ -287,18 +538,24 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
         sections.push(sec);
     }
     let mut out = header;
-    out.push_str(&format!("\ntotal time: {:.0} s\n\n", t_all.elapsed().as_secs_f64()));
+    out.push_str(&format!(
+        "\ntotal time: {:.0} s\n\n",
+        t_all.elapsed().as_secs_f64()
+    ));
     out.push_str(&report::table(targets, &sections));
-    if !env.notes.is_empty() {
+    if !env.notes.is_empty() || !env.log_notes.is_empty() {
         out.push_str("\nnotes (error.log lines, client errors, anomalies):\n");
+        for (n, wls) in &env.log_notes {
+            out.push_str(&format!("- {n} [{}]\n", wls.join(", ")));
+        }
         for n in &env.notes {
             out.push_str(&format!("- {n}\n"));
         }
     }
-    println!("{out}");
+    outln!("{out}");
     if let Some(path) = &args.out {
         if let Err(e) = std::fs::write(path, &out) {
-            eprintln!("sse-bench: writing {}: {e}", path.display());
+            errln!("sse-bench: writing {}: {e}", path.display());
         }
     }
     if stopping() {
@@ -308,11 +565,52 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
     }
 }
 
+/// When the module file was built, and the workspace commit it sits in.
+fn module_provenance(module: &str) -> String {
+    let built = std::fs::metadata(module)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            cmd_out(
+                "date",
+                &[
+                    "-u",
+                    "-d",
+                    &format!("@{}", d.as_secs()),
+                    "+%Y-%m-%d %H:%M:%S UTC",
+                ],
+            )
+        })
+        .unwrap_or_default();
+    let dir = Path::new(module).parent().unwrap_or(Path::new("."));
+    let head = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["log", "-1", "--format=%h %cI"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let sha = cmd_out("sha256sum", &[module]);
+    format!(
+        "sha256 {}, file built {}; workspace HEAD {}",
+        sha.get(..12).unwrap_or("?"),
+        built.trim(),
+        if head.is_empty() { "?" } else { &head }
+    )
+}
+
 fn cmd_out(bin: &str, args: &[&str]) -> String {
     std::process::Command::new(bin)
         .args(args)
         .output()
-        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
         .unwrap_or_else(|e| format!("({e})"))
 }
 
@@ -340,7 +638,11 @@ fn sc_oracle(plan: &[Msg], subs: u32, channels: u32, inject: ClientInject) -> ac
     let mut t = acct::Totals::default();
     for sub in 0..subs {
         let chan = sub % channels;
-        let stream: Vec<u64> = plan.iter().filter(|m| m.chan == chan).map(|m| m.seq).collect();
+        let stream: Vec<u64> = plan
+            .iter()
+            .filter(|m| m.chan == chan)
+            .map(|m| m.seq)
+            .collect();
         let last = stream.iter().copied().max().unwrap_or(0);
         let mut seen = HashSet::new();
         let mut max = 0;
@@ -351,7 +653,11 @@ fn sc_oracle(plan: &[Msg], subs: u32, channels: u32, inject: ClientInject) -> ac
                     continue;
                 }
             }
-            let times = if inject.double == Some((sub, k)) { 2 } else { 1 };
+            let times = if inject.double == Some((sub, k)) {
+                2
+            } else {
+                1
+            };
             for _ in 0..times {
                 t.received += 1;
                 if !seen.insert(s) {
@@ -370,7 +676,10 @@ fn sc_oracle(plan: &[Msg], subs: u32, channels: u32, inject: ClientInject) -> ac
 }
 
 fn self_check(env: &mut Env, targets: &[Target]) -> ExitCode {
-    let inject = ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) };
+    let inject = ClientInject {
+        drop_every: Some(SC_DROP),
+        double: Some(SC_DOUBLE),
+    };
     let f = Fanout {
         name: "self-check".into(),
         channels: SC_CHANNELS,
@@ -386,9 +695,15 @@ fn self_check(env: &mut Env, targets: &[Target]) -> ExitCode {
     sc_plan_inject(&mut plan);
     let want = sc_oracle(&plan, f.subs, f.channels, inject);
     let per = SC_SUBS / SC_CHANNELS;
-    println!("self-check: {} channels x {per} subscribers, {} messages ({} per channel) at {} msg/s", f.channels, plan.len(), plan.len() as u32 / f.channels, f.rate);
-    println!("injected by the publisher: channel 0 skips s=5 (-> {per} missing), channel 1 sends s=7 twice (-> {per} duplicated), channel 2 sends s=11 before s=10 (-> {per} out of order)");
-    println!(
+    outln!(
+        "self-check: {} channels x {per} subscribers, {} messages ({} per channel) at {} msg/s",
+        f.channels,
+        plan.len(),
+        plan.len() as u32 / f.channels,
+        f.rate
+    );
+    outln!("injected by the publisher: channel 0 skips s=5 (-> {per} missing), channel 1 sends s=7 twice (-> {per} duplicated), channel 2 sends s=11 before s=10 (-> {per} out of order)");
+    outln!(
         "injected by the client: subscribers of channel {} drop every {}th event they receive (-> {} missing), subscriber {} counts its {}th event twice (-> 1 duplicated)",
         SC_DROP.0,
         SC_DROP.1,
@@ -396,26 +711,30 @@ fn self_check(env: &mut Env, targets: &[Target]) -> ExitCode {
         SC_DOUBLE.0,
         SC_DOUBLE.1
     );
-    let want_drops = per as u64 * (plan.iter().filter(|m| m.chan == SC_DROP.0).count() as u64 / SC_DROP.1);
+    let want_drops =
+        per as u64 * (plan.iter().filter(|m| m.chan == SC_DROP.0).count() as u64 / SC_DROP.1);
     let mut ok = true;
     for &t in targets {
         let r = workloads::fanout(env, t, &f);
         let (rows, out) = match r {
             Ok(x) => x,
             Err(e) => {
-                println!("{}: FAILED to run: {e}", t.label());
+                outln!("{}: FAILED to run: {e}", t.label());
                 ok = false;
                 continue;
             }
         };
         let got = out.totals;
-        println!("\n{}:", t.label());
-        println!("| counter | expected | reported | |");
-        println!("|---|---:|---:|---|");
+        outln!("\n{}:", t.label());
+        outln!("| counter | expected | reported | |");
+        outln!("|---|---:|---:|---|");
         let mut line = |name: &str, e: u64, g: u64| {
             let good = e == g;
             ok &= good;
-            println!("| {name} | {e} | {g} | {} |", if good { "ok" } else { "MISMATCH" });
+            outln!(
+                "| {name} | {e} | {g} | {} |",
+                if good { "ok" } else { "MISMATCH" }
+            );
         };
         line("deliveries expected", want.expected, got.expected);
         line("received", want.received, got.received);
@@ -423,17 +742,35 @@ fn self_check(env: &mut Env, targets: &[Target]) -> ExitCode {
         line("duplicated", want.duplicated, got.duplicated);
         line("out of order", want.out_of_order, got.out_of_order);
         line("misrouted", 0, got.misrouted);
-        line("client drops injected", want_drops, out.client.injected_drops);
-        line("client double counts injected", 1, out.client.injected_doubles);
+        line(
+            "client drops injected",
+            want_drops,
+            out.client.injected_drops,
+        );
+        line(
+            "client double counts injected",
+            1,
+            out.client.injected_doubles,
+        );
         line("streams closed by server", 0, out.client.server_closed);
         line("publish errors", 0, out.publisher.errors);
-        let lat = rows.iter().find(|r| r.metric == "latency p50 (ms)").map(|r| format!("{:?}", r.val)).unwrap_or_default();
-        println!("(latency p50 {lat})");
+        let lat = rows
+            .iter()
+            .find(|r| r.metric == "latency p50 (ms)")
+            .and_then(|r| match r.val {
+                report::Val::Num(v, _) => Some(format!("{v:.2} ms")),
+                _ => None,
+            })
+            .unwrap_or_default();
+        outln!("(latency p50 {lat})");
+    }
+    for (n, _) in &env.log_notes {
+        outln!("note: {n}");
     }
     for n in &env.notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
-    println!("\nself-check: {}", if ok { "PASS" } else { "FAIL" });
+    outln!("\nself-check: {}", if ok { "PASS" } else { "FAIL" });
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -449,7 +786,15 @@ mod tests {
     fn self_check_oracle_matches_the_documented_numbers() {
         let mut plan = publish::round_robin(SC_CHANNELS, 1000);
         sc_plan_inject(&mut plan);
-        let t = sc_oracle(&plan, SC_SUBS, SC_CHANNELS, ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) });
+        let t = sc_oracle(
+            &plan,
+            SC_SUBS,
+            SC_CHANNELS,
+            ClientInject {
+                drop_every: Some(SC_DROP),
+                double: Some(SC_DOUBLE),
+            },
+        );
         // 20 subscribers per channel, 100 sequences per channel.
         assert_eq!(t.expected, 20_000);
         assert_eq!(t.missing, 20 + 20 * 10);
@@ -463,8 +808,13 @@ mod tests {
         // Feed SubAcct the oracle's per-subscriber streams directly.
         let mut plan = publish::round_robin(SC_CHANNELS, 1000);
         sc_plan_inject(&mut plan);
-        let inject = ClientInject { drop_every: Some(SC_DROP), double: Some(SC_DOUBLE) };
-        let mut subs: Vec<acct::SubAcct> = (0..SC_SUBS).map(|s| acct::SubAcct::new(s % SC_CHANNELS)).collect();
+        let inject = ClientInject {
+            drop_every: Some(SC_DROP),
+            double: Some(SC_DOUBLE),
+        };
+        let mut subs: Vec<acct::SubAcct> = (0..SC_SUBS)
+            .map(|s| acct::SubAcct::new(s % SC_CHANNELS))
+            .collect();
         for (sub, a) in subs.iter_mut().enumerate() {
             let mut k = 0;
             let chan = a.chan;
@@ -480,6 +830,9 @@ mod tests {
             }
         }
         let last = publish::last_seqs(&plan, SC_CHANNELS);
-        assert_eq!(acct::totals(&subs, &last), sc_oracle(&plan, SC_SUBS, SC_CHANNELS, inject));
+        assert_eq!(
+            acct::totals(&subs, &last),
+            sc_oracle(&plan, SC_SUBS, SC_CHANNELS, inject)
+        );
     }
 }

@@ -15,7 +15,9 @@ use crate::sys;
 pub enum Kind {
     Redis,
     /// POST `{path_prefix}{channel}`.
-    Http { path_prefix: String },
+    Http {
+        path_prefix: String,
+    },
 }
 
 struct PConn {
@@ -23,12 +25,33 @@ struct PConn {
     out: Vec<u8>,
     out_off: usize,
     inflight: u64,
+    /// HTTP: the channel of the request in flight.
+    chan: Option<u32>,
     http: ResponseReader,
     resp: Vec<u8>,
 }
 
+impl PConn {
+    fn open(port: u16) -> io::Result<PConn> {
+        let sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_nodelay(true)?;
+        sock.set_nonblocking(true)?;
+        Ok(PConn {
+            sock,
+            out: Vec::new(),
+            out_off: 0,
+            inflight: 0,
+            chan: None,
+            http: ResponseReader::default(),
+            resp: Vec::new(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PubStats {
+    /// Publisher connections the server closed (and that were reopened).
+    pub reconnects: u64,
     pub sent: u64,
     pub replies: u64,
     pub errors: u64,
@@ -41,6 +64,7 @@ pub struct PubStats {
 
 pub struct Publisher {
     kind: Kind,
+    port: u16,
     conns: Vec<PConn>,
     pub st: PubStats,
     payload: Vec<u8>,
@@ -56,28 +80,46 @@ impl Publisher {
         };
         let mut v = Vec::new();
         for _ in 0..n {
-            let sock = TcpStream::connect(("127.0.0.1", port))?;
-            sock.set_nodelay(true)?;
-            sock.set_nonblocking(true)?;
-            v.push(PConn { sock, out: Vec::new(), out_off: 0, inflight: 0, http: ResponseReader::default(), resp: Vec::new() });
+            v.push(PConn::open(port)?);
         }
-        Ok(Publisher { kind, conns: v, st: PubStats::default(), payload: Vec::new(), rbuf: vec![0; 64 * 1024] })
+        Ok(Publisher {
+            kind,
+            port,
+            conns: v,
+            st: PubStats::default(),
+            payload: Vec::new(),
+            rbuf: vec![0; 64 * 1024],
+        })
     }
 
-    pub fn can_send(&self) -> bool {
+    /// Whether a message for `chan` can go now. Over HTTP a channel has at
+    /// most one publish in flight, so its messages reach the server in
+    /// sequence order, as they do on the single Redis connection.
+    pub fn can_send(&self, chan: u32) -> bool {
         match self.kind {
             Kind::Redis => self.conns[0].out.len() - self.conns[0].out_off < (4 << 20),
-            Kind::Http { .. } => self.conns.iter().any(|c| c.inflight == 0),
+            Kind::Http { .. } => {
+                self.conns.iter().any(|c| c.inflight == 0)
+                    && !self
+                        .conns
+                        .iter()
+                        .any(|c| c.inflight > 0 && c.chan == Some(chan))
+            }
         }
     }
 
     pub fn outstanding(&self) -> u64 {
-        self.st.sent - self.st.replies
+        self.st.sent.saturating_sub(self.st.replies)
     }
 
     /// Publishes one stamped message (the stamp's time is taken now).
     pub fn publish(&mut self, channel: &str, chan: u32, seq: u64, run: u32, size: usize) {
-        let stamp = Stamp { chan, seq, t_ns: sys::now_ns(), run };
+        let stamp = Stamp {
+            chan,
+            seq,
+            t_ns: sys::now_ns(),
+            run,
+        };
         acct::encode(&mut self.payload, stamp, size);
         let c = match self.kind {
             Kind::Redis => &mut self.conns[0],
@@ -88,7 +130,13 @@ impl Publisher {
         };
         match &self.kind {
             Kind::Redis => {
-                let _ = write!(c.out, "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{}\r\n${}\r\n", channel.len(), channel, self.payload.len());
+                let _ = write!(
+                    c.out,
+                    "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{}\r\n${}\r\n",
+                    channel.len(),
+                    channel,
+                    self.payload.len()
+                );
                 c.out.extend_from_slice(&self.payload);
                 c.out.extend_from_slice(b"\r\n");
             }
@@ -102,6 +150,7 @@ impl Publisher {
             }
         }
         c.inflight += 1;
+        c.chan = Some(chan);
         self.st.sent += 1;
         flush(c, &mut self.st);
     }
@@ -114,11 +163,19 @@ impl Publisher {
             .iter()
             .map(|c| libc::pollfd {
                 fd: c.sock.as_raw_fd(),
-                events: libc::POLLIN | if c.out_off < c.out.len() { libc::POLLOUT } else { 0 },
+                events: libc::POLLIN
+                    | if c.out_off < c.out.len() {
+                        libc::POLLOUT
+                    } else {
+                        0
+                    },
                 revents: 0,
             })
             .collect();
-        let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
+        let ts = libc::timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as i64,
+            tv_nsec: (timeout_ns % 1_000_000_000) as i64,
+        };
         let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as _, &ts, std::ptr::null()) };
         if n <= 0 {
             return;
@@ -132,10 +189,17 @@ impl Publisher {
             loop {
                 match c.sock.read(&mut self.rbuf) {
                     Ok(0) => {
-                        note(&mut self.st, "publisher connection closed by server".into());
+                        // Requests in flight on it are lost: errors.
                         self.st.errors += c.inflight;
                         self.st.replies += c.inflight;
-                        c.inflight = 0;
+                        self.st.reconnects += 1;
+                        match PConn::open(self.port) {
+                            Ok(nc) => *c = nc,
+                            Err(e) => {
+                                note(&mut self.st, format!("publisher reconnect: {e}"));
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
                         break;
                     }
                     Ok(n) => {
@@ -166,7 +230,12 @@ impl Publisher {
                             break;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::Interrupted =>
+                    {
+                        break
+                    }
                     Err(e) => {
                         note(&mut self.st, format!("publisher read: {e}"));
                         break;
@@ -187,7 +256,12 @@ fn flush(c: &mut PConn, st: &mut PubStats) {
     while c.out_off < c.out.len() {
         match c.sock.write(&c.out[c.out_off..]) {
             Ok(n) => c.out_off += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                break
+            }
             Err(e) => {
                 note(st, format!("publisher write: {e}"));
                 c.out_off = c.out.len();
@@ -208,7 +282,10 @@ fn redis_replies(c: &mut PConn, st: &mut PubStats) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match line.first() {
             Some(b':') => {
-                st.receivers += std::str::from_utf8(&line[1..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                st.receivers += std::str::from_utf8(&line[1..])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
             }
             _ => {
                 st.errors += 1;
@@ -233,7 +310,12 @@ pub struct Msg {
 /// Round-robin over `channels`: message i goes to channel i % channels,
 /// with that channel's next sequence number (from 1).
 pub fn round_robin(channels: u32, total: u64) -> Vec<Msg> {
-    (0..total).map(|i| Msg { chan: (i % channels as u64) as u32, seq: i / channels as u64 + 1 }).collect()
+    (0..total)
+        .map(|i| Msg {
+            chan: (i % channels as u64) as u32,
+            seq: i / channels as u64 + 1,
+        })
+        .collect()
 }
 
 /// The last sequence each channel gets in `plan`.
@@ -256,15 +338,25 @@ pub struct PlanRun {
 }
 
 /// Sends `plan` at `rate` msg/s, then waits (up to 10 s) for the replies.
-pub fn run_plan(p: &mut Publisher, plan: &[Msg], names: &[String], rate: f64, size: usize, run: u32) -> PlanRun {
+pub fn run_plan(
+    p: &mut Publisher,
+    plan: &[Msg],
+    names: &[String],
+    rate: f64,
+    size: usize,
+    run: u32,
+) -> PlanRun {
     let t_start = sys::now_ns();
     let interval = 1e9 / rate;
     let mut next = 0usize;
-    let mut r = PlanRun { t_start, ..Default::default() };
+    let mut r = PlanRun {
+        t_start,
+        ..Default::default()
+    };
     loop {
         let now = sys::now_ns();
         let due = (((now - t_start) as f64 / interval) as usize + 1).min(plan.len());
-        while next < due && p.can_send() {
+        while next < due && p.can_send(plan[next].chan) {
             let m = plan[next];
             let sched = t_start + (next as f64 * interval) as u64;
             r.lag_max_ns = r.lag_max_ns.max(sys::now_ns().saturating_sub(sched));
@@ -275,7 +367,8 @@ pub fn run_plan(p: &mut Publisher, plan: &[Msg], names: &[String], rate: f64, si
             if r.t_last_sent == 0 {
                 r.t_last_sent = sys::now_ns();
             }
-            if p.outstanding() == 0 || now - r.t_last_sent > 10_000_000_000 || crate::stopping() {
+            let waited = sys::now_ns().saturating_sub(r.t_last_sent);
+            if p.outstanding() == 0 || waited > 10_000_000_000 || crate::stopping() {
                 break;
             }
             p.io(1_000_000);
@@ -379,7 +472,10 @@ mod tests {
         assert_eq!(parse_reply(b":12\r\n").unwrap().unwrap(), "12");
         assert_eq!(parse_reply(b"$5\r\nhello\r\n").unwrap().unwrap(), "hello");
         assert!(parse_reply(b"$5\r\nhel").is_none());
-        assert_eq!(parse_reply(b"*2\r\n$1\r\na\r\n:3\r\n").unwrap().unwrap(), "a\n3\n");
+        assert_eq!(
+            parse_reply(b"*2\r\n$1\r\na\r\n:3\r\n").unwrap().unwrap(),
+            "a\n3\n"
+        );
         assert!(parse_reply(b"-ERR x\r\n").unwrap().is_err());
     }
 }

@@ -16,10 +16,16 @@ pub struct Row {
 
 impl Row {
     pub fn num(metric: &str, v: f64, decimals: usize) -> Row {
-        Row { metric: metric.to_string(), val: Val::Num(v, decimals) }
+        Row {
+            metric: metric.to_string(),
+            val: Val::Num(v, decimals),
+        }
     }
     pub fn text(metric: &str, v: String) -> Row {
-        Row { metric: metric.to_string(), val: Val::Text(v) }
+        Row {
+            metric: metric.to_string(),
+            val: Val::Text(v),
+        }
     }
 }
 
@@ -42,7 +48,10 @@ fn fmt_val(v: &Val) -> String {
 /// 1234567.5 -> 1,234,567.5
 fn group(s: &str) -> String {
     let (sign, rest) = s.strip_prefix('-').map(|r| ("-", r)).unwrap_or(("", s));
-    let (int, frac) = rest.split_once('.').map(|(a, b)| (a, Some(b))).unwrap_or((rest, None));
+    let (int, frac) = rest
+        .split_once('.')
+        .map(|(a, b)| (a, Some(b)))
+        .unwrap_or((rest, None));
     let mut out = String::new();
     for (i, ch) in int.chars().enumerate() {
         if i > 0 && (int.len() - i) % 3 == 0 {
@@ -62,7 +71,11 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
     let mut head = vec!["workload".to_string(), "metric".to_string()];
     head.extend(targets.iter().map(|t| t.label().to_string()));
     if targets.len() >= 2 {
-        head.push(format!("ratio {}/{}", targets[0].label(), targets[1].label()));
+        head.push(format!(
+            "ratio {}/{}",
+            targets[0].label(),
+            targets[1].label()
+        ));
     }
     let mut lines: Vec<Vec<String>> = Vec::new();
     for s in sections {
@@ -78,17 +91,30 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
             }
         }
         let get = |t: Target, m: &str| -> Option<Val> {
-            s.results.iter().find(|(tt, _)| *tt == t).and_then(|(_, r)| match r {
-                Ok(rows) => rows.iter().find(|row| row.metric == m).map(|row| row.val.clone()),
-                Err(_) => None,
-            })
+            s.results
+                .iter()
+                .find(|(tt, _)| *tt == t)
+                .and_then(|(_, r)| match r {
+                    Ok(rows) => rows
+                        .iter()
+                        .find(|row| row.metric == m)
+                        .map(|row| row.val.clone()),
+                    Err(_) => None,
+                })
         };
         let mut first = true;
         if metrics.is_empty() {
             metrics.push("(failed)".into());
         }
         for m in &metrics {
-            let mut line = vec![if first { s.workload.clone() } else { String::new() }, m.clone()];
+            let mut line = vec![
+                if first {
+                    s.workload.clone()
+                } else {
+                    String::new()
+                },
+                m.clone(),
+            ];
             first = false;
             let vals: Vec<Option<Val>> = targets.iter().map(|&t| get(t, m)).collect();
             for (i, v) in vals.iter().enumerate() {
@@ -102,7 +128,9 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
             }
             if targets.len() >= 2 {
                 line.push(match (&vals[0], &vals[1]) {
-                    (Some(Val::Num(a, _)), Some(Val::Num(b, _))) if *b != 0.0 && *a != 0.0 => format!("{:.2}", a / b),
+                    (Some(Val::Num(a, _)), Some(Val::Num(b, _))) if *b != 0.0 && *a != 0.0 => {
+                        format!("{:.2}", a / b)
+                    }
                     _ => "—".into(),
                 });
             }
@@ -110,7 +138,14 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
         }
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).chain([head[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let fmt_line = |l: &[String]| -> String {
         let cells: Vec<String> = l
@@ -132,7 +167,13 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
     let sep: Vec<String> = widths
         .iter()
         .enumerate()
-        .map(|(i, w)| if i >= 2 { format!("{}:", "-".repeat(w.saturating_sub(1))) } else { "-".repeat(*w) })
+        .map(|(i, w)| {
+            if i >= 2 {
+                format!("{}:", "-".repeat(w.saturating_sub(1)))
+            } else {
+                "-".repeat(*w)
+            }
+        })
         .collect();
     out.push_str(&format!("| {} |\n", sep.join(" | ")));
     for l in &lines {
@@ -158,13 +199,22 @@ mod tests {
         let s = Section {
             workload: "w".into(),
             results: vec![
-                (Target::Sse, Ok(vec![Row::num("a", 2.0, 1), Row::text("b", "x".into())])),
+                (
+                    Target::Sse,
+                    Ok(vec![Row::num("a", 2.0, 1), Row::text("b", "x".into())]),
+                ),
                 (Target::Nchan, Ok(vec![Row::num("a", 8.0, 1)])),
             ],
         };
         let t = table(&[Target::Sse, Target::Nchan], &[s]);
-        assert!(t.contains("| w        | a      |       2.0 |   8.0 |                  0.25 |"), "{t}");
-        assert!(t.contains("| -------- | ------ | --------: | ----: | --------------------: |"), "{t}");
+        assert!(
+            t.contains("| w        | a      |       2.0 |   8.0 |                  0.25 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| -------- | ------ | --------: | ----: | --------------------: |"),
+            "{t}"
+        );
         assert!(t.contains("x |     — |"), "{t}");
     }
 }

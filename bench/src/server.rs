@@ -13,7 +13,9 @@ use crate::sys::{self, Mem};
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> io::Result<()> {
@@ -24,7 +26,10 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> io::
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out waiting for {what}")))
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("timed out waiting for {what}"),
+    ))
 }
 
 pub struct Redis {
@@ -35,16 +40,39 @@ pub struct Redis {
 impl Redis {
     pub fn start(bin: &str, dir: &Path) -> io::Result<Redis> {
         let port = free_port()?;
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--logfile", &dir.join("redis.log").to_string_lossy()])
+        let mut cmd = Command::new(bin);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--daemonize",
+                "no",
+                "--logfile",
+                &dir.join("redis.log").to_string_lossy(),
+            ])
             .args(["--dir", &dir.to_string_lossy()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let r = Redis { child, port };
-        wait_for("redis-server", Duration::from_secs(10), || redis_cmd(port, &["PING"]).is_ok())?;
+        wait_for("redis-server", Duration::from_secs(10), || {
+            redis_cmd(port, &["PING"]).is_ok()
+        })?;
         Ok(r)
     }
 
@@ -133,13 +161,13 @@ pub fn config(t: Target, o: &NginxOpts, prefix: &Path, port: u16, redis_port: u1
     );
     match t {
         Target::Sse => format!(
-            "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    sse_redis_url redis://127.0.0.1:{redis_port};\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location = /sub {{\n            sse_channel $arg_channels;\n            sse_heartbeat 30s;\n            sse_max_backlog 4m;\n        }}\n    }}\n}}\n",
+            "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    sse_redis_url redis://127.0.0.1:{redis_port};\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        keepalive_requests 1000000;\n        location = /sub {{\n            sse_channel $arg_channels;\n            sse_heartbeat 30s;\n            sse_max_backlog 4m;\n        }}\n    }}\n}}\n",
             module = o.sse_module
         ),
         Target::Nchan | Target::NchanNostore => {
             let mode = if t == Target::NchanNostore { "        nchan_redis_storage_mode nostore;\n" } else { "" };
             format!(
-                "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    upstream bench_redis {{\n        nchan_redis_server redis://127.0.0.1:{redis_port};\n{mode}    }}\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location = /pub {{\n            nchan_publisher;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n        }}\n        location = /sub {{\n            nchan_subscriber eventsource;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n            nchan_subscriber_first_message newest;\n            nchan_eventsource_ping_interval 30;\n        }}\n    }}\n}}\n",
+                "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    upstream bench_redis {{\n        nchan_redis_server redis://127.0.0.1:{redis_port};\n{mode}    }}\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        keepalive_requests 1000000;\n        location = /pub {{\n            nchan_publisher;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n        }}\n        location = /sub {{\n            nchan_subscriber eventsource;\n            nchan_channel_id $arg_id;\n            nchan_channel_group bench;\n            nchan_redis_pass bench_redis;\n            nchan_subscriber_first_message newest;\n            nchan_eventsource_ping_interval 30;\n        }}\n    }}\n}}\n",
                 module = o.nchan_module
             )
         }
@@ -158,22 +186,43 @@ impl Nginx {
     pub fn start(t: Target, o: &NginxOpts, prefix: &Path, redis_port: u16) -> io::Result<Nginx> {
         let _ = fs::remove_dir_all(prefix);
         fs::create_dir_all(prefix)?;
+        let clients0 = redis_clients(redis_port);
         let port = free_port()?;
         let conf = prefix.join("nginx.conf");
         fs::write(&conf, config(t, o, prefix, port, redis_port))?;
         let mut cmd = Command::new(o.nginx_bin);
-        cmd.arg("-p").arg(prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(prefix.join("stderr.log"))?);
-        if let Some(cpus) = o.cpus.clone() {
-            // what `taskset -c CPUS nginx ...` does: the affinity is inherited
-            // by the workers.
-            unsafe {
-                cmd.pre_exec(move || sys::set_affinity(0, Some(&cpus)));
-            }
+        cmd.arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(prefix.join("error.log"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(prefix.join("stderr.log"))?);
+        let cpus = o.cpus.clone();
+        unsafe {
+            cmd.pre_exec(move || {
+                // If sse-bench dies, the master gets SIGTERM and takes its
+                // workers down.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                match &cpus {
+                    // what `taskset -c CPUS nginx ...` does: the affinity is
+                    // inherited by the workers.
+                    Some(c) => sys::set_affinity(0, Some(c)),
+                    None => Ok(()),
+                }
+            });
         }
         let child = cmd.spawn()?;
         let master = child.id() as i32;
-        let n = Nginx { child, port, prefix: prefix.to_path_buf(), master, target: t };
+        let n = Nginx {
+            child,
+            port,
+            prefix: prefix.to_path_buf(),
+            master,
+            target: t,
+        };
         let pidfile = prefix.join("nginx.pid");
         let started = wait_for("nginx", Duration::from_secs(10), || {
             pidfile.exists()
@@ -181,23 +230,26 @@ impl Nginx {
                 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if let Err(e) = started {
-            let log = fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+            let log = read_lossy(&prefix.join("error.log"));
             let err = fs::read_to_string(prefix.join("stderr.log")).unwrap_or_default();
             return Err(io::Error::other(format!("{e}\n{log}{err}")));
         }
-        if t != Target::Sse {
-            // nchan logs "Redis upstream ...: ready" per worker once connected.
-            let log = prefix.join("error.log");
-            let _ = wait_for("nchan redis ready", Duration::from_secs(10), || {
-                fs::read_to_string(&log).map(|s| s.matches(": ready").count() >= 2).unwrap_or(false)
-            });
-        }
+        // Each worker connects to Redis once it runs: wait for two more
+        // Redis clients than before the start.
+        let _ = wait_for(
+            "workers' Redis connections",
+            Duration::from_secs(10),
+            || redis_clients(redis_port) >= clients0 + 2,
+        );
         Ok(n)
     }
 
     /// Master pid as the pid file says.
     pub fn pid_from_file(&self) -> i32 {
-        fs::read_to_string(self.prefix.join("nginx.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(self.master)
+        fs::read_to_string(self.prefix.join("nginx.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(self.master)
     }
 
     pub fn workers(&self) -> Vec<i32> {
@@ -215,7 +267,11 @@ impl Nginx {
 
     /// utime + stime of the workers, ns.
     pub fn workers_cpu_ns(&self) -> u64 {
-        self.workers().iter().filter_map(|&w| sys::proc_stat(w)).map(|s| s.cpu_ns).sum()
+        self.workers()
+            .iter()
+            .filter_map(|&w| sys::proc_stat(w))
+            .map(|s| s.cpu_ns)
+            .sum()
     }
 
     pub fn workers_fds(&self) -> u64 {
@@ -223,7 +279,7 @@ impl Nginx {
     }
 
     pub fn error_log(&self) -> String {
-        fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default()
+        read_lossy(&self.prefix.join("error.log"))
     }
 
     pub fn stop(mut self) -> LogSummary {
@@ -262,6 +318,26 @@ impl Drop for Nginx {
     }
 }
 
+/// INFO clients: connected_clients.
+fn redis_clients(port: u16) -> u64 {
+    redis_cmd(port, &["INFO", "clients"])
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("connected_clients:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// A log file as text, whatever bytes it holds (nchan can log binary junk).
+fn read_lossy(p: &Path) -> String {
+    fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// error.log lines by level, with the first few serious ones.
 #[derive(Debug, Clone, Default)]
 pub struct LogSummary {
@@ -275,7 +351,9 @@ impl LogSummary {
     pub fn of(log: &str) -> LogSummary {
         let mut s = LogSummary::default();
         for line in log.lines() {
-            let serious = ["[emerg]", "[alert]", "[crit]", "[error]"].iter().any(|l| line.contains(l));
+            let serious = ["[emerg]", "[alert]", "[crit]", "[error]"]
+                .iter()
+                .any(|l| line.contains(l));
             if serious {
                 s.serious += 1;
                 if s.samples.len() < 8 {

@@ -19,26 +19,81 @@ pub struct Env<'a> {
     pub redis: &'a Redis,
     pub tmp: PathBuf,
     pub run: u32,
-    /// Serious error.log lines and other observations, for the report.
+    /// Observations for the report.
     pub notes: Vec<String>,
+    /// error.log lines (warn and worse), without time and pid, with the
+    /// workloads whose log had them.
+    pub log_notes: Vec<(String, Vec<String>)>,
 }
 
 const MB: f64 = 1024.0 * 1024.0;
+
+pub const OTHERS_METRIC: &str = "CPU of other processes (% of one CPU)";
+
+/// What else used the machine's CPUs during a measured phase: all busy
+/// process time minus nginx workers, redis-server and this tool.
+struct Meter {
+    m0: sys::MachineCpu,
+    wall0: u64,
+    ours0: u64,
+}
+
+fn ours_cpu(ngx: &Nginx, redis: &Redis) -> u64 {
+    ngx.workers_cpu_ns() + redis.cpu_ns() + sys::self_cpu_ns()
+}
+
+impl Meter {
+    fn start(ngx: &Nginx, redis: &Redis) -> Meter {
+        Meter {
+            m0: sys::machine_cpu(),
+            wall0: sys::now_ns(),
+            ours0: ours_cpu(ngx, redis),
+        }
+    }
+
+    /// (others, irq + softirq), in % of one CPU.
+    fn others(&self, ngx: &Nginx, redis: &Redis) -> (f64, f64) {
+        let m1 = sys::machine_cpu();
+        let wall = (sys::now_ns() - self.wall0) as f64;
+        let ours = ours_cpu(ngx, redis) - self.ours0;
+        let others = (m1.procs - self.m0.procs).saturating_sub(ours);
+        (
+            others as f64 / wall * 100.0,
+            (m1.irq - self.m0.irq) as f64 / wall * 100.0,
+        )
+    }
+}
 
 fn mb(kb: u64) -> f64 {
     kb as f64 * 1024.0 / MB
 }
 
 fn chan_names(env: &Env, wl: &str, t: Target, n: u32) -> Vec<String> {
-    (0..n).map(|c| format!("r{}.{}.{}.c{}", env.run, wl, t.label(), c)).collect()
+    (0..n)
+        .map(|c| format!("r{}.{}.{}.c{}", env.run, wl, t.label(), c))
+        .collect()
 }
 
 fn start_nginx(env: &mut Env, wl: &str, t: Target, cpus: Option<Vec<usize>>) -> io::Result<Nginx> {
     let _ = publish::redis_cmd(env.redis.port, &["FLUSHALL"]);
     let prefix = env.tmp.join(format!("{wl}-{}", t.label()));
-    let opts = NginxOpts { cpus, ..env.opts.clone_opts() };
+    let opts = NginxOpts {
+        cpus,
+        ..env.opts.clone_opts()
+    };
     let n = Nginx::start(t, &opts, &prefix, env.redis.port)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Workers set up their connection tables and Redis connections after
+    // the port is open: wait until their memory stops moving.
+    let t0 = sys::now_ns();
+    let mut prev = n.mem().rss_kb;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = n.mem().rss_kb;
+        if now.abs_diff(prev) < 64 || sys::now_ns() - t0 > 5_000_000_000 {
+            break;
+        }
+        prev = now;
+    }
     Ok(n)
 }
 
@@ -46,20 +101,73 @@ fn finish(env: &mut Env, wl: &str, ngx: Nginx, rows: &mut Vec<Row>) {
     let t = ngx.target;
     let workers_before = ngx.workers();
     let log: LogSummary = ngx.stop();
-    rows.push(Row::num("error.log emerg/alert/crit/error lines", log.serious as f64, 0));
+    rows.push(Row::num(
+        "error.log emerg/alert/crit/error lines",
+        log.serious as f64,
+        0,
+    ));
     rows.push(Row::num("error.log warn lines", log.warn as f64, 0));
-    for s in log.samples {
-        env.notes.push(format!("{wl} / {}: {s}", t.label()));
+    let prefix = env
+        .tmp
+        .join(format!("{wl}-{}", t.label()))
+        .display()
+        .to_string();
+    for line in log.samples {
+        // "2026/01/01 00:00:00 [warn] 123#123: msg" -> "[warn] msg"
+        let msg = match (
+            line.find(" ["),
+            line.find("]: ").or_else(|| line.find(": ")),
+        ) {
+            (Some(a), _) => {
+                let rest = &line[a + 1..];
+                let level_end = rest.find(']').map(|i| i + 1).unwrap_or(0);
+                let body = rest[level_end..]
+                    .split_once(": ")
+                    .map_or(&rest[level_end..], |(_, b)| b);
+                format!("{} {}", &rest[..level_end], body)
+            }
+            _ => line.clone(),
+        };
+        let msg = msg.replace(&prefix, "$PREFIX");
+        // Printable and short: nchan can log binary junk.
+        let mut msg: String = msg
+            .chars()
+            .map(|c| {
+                if c.is_control() || c == '\u{fffd}' {
+                    '.'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if msg.chars().count() > 200 {
+            msg = msg.chars().take(200).collect::<String>() + "...";
+        }
+        let key = format!("{} error.log: {msg}", t.label());
+        match env.log_notes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, wls)) => wls.push(wl.to_string()),
+            None => env.log_notes.push((key, vec![wl.to_string()])),
+        }
     }
     if workers_before.len() != 2 {
-        env.notes.push(format!("{wl} / {}: {} workers at the end (expected 2)", t.label(), workers_before.len()));
+        env.notes.push(format!(
+            "{wl} / {}: {} workers at the end (expected 2)",
+            t.label(),
+            workers_before.len()
+        ));
     }
 }
 
 fn publisher_for(t: Target, env: &Env, ngx: &Nginx, conns: usize) -> io::Result<Publisher> {
     match t {
         Target::Sse => Publisher::connect(Kind::Redis, env.redis.port, 1),
-        _ => Publisher::connect(Kind::Http { path_prefix: "/pub?id=".into() }, ngx.port, conns),
+        _ => Publisher::connect(
+            Kind::Http {
+                path_prefix: "/pub?id=".into(),
+            },
+            ngx.port,
+            conns,
+        ),
     }
 }
 
@@ -86,15 +194,34 @@ pub fn idle(env: &mut Env, t: Target, subs: u32, channels: u32) -> io::Result<Ve
     let mut rows = vec![
         Row::text("streams open (200)", format!("{}/{}", st.connected, subs)),
         Row::num("streams still open before disconnect", open_ok as f64, 0),
-        Row::num("connect errors + non-200", (st.connect_errors + st.bad_status) as f64, 0),
+        Row::num(
+            "connect errors + non-200",
+            (st.connect_errors + st.bad_status) as f64,
+            0,
+        ),
         Row::num("time to open all (s)", secs, 2),
-        Row::num("worker CPU to open them, per stream (us)", cpu_connect as f64 / 1e3 / n, 1),
+        Row::num(
+            "worker CPU to open them, per stream (us)",
+            cpu_connect as f64 / 1e3 / n,
+            1,
+        ),
         Row::num("RSS before (MB)", mb(m0.rss_kb), 1),
         Row::num("RSS with streams open (MB)", mb(m1.rss_kb), 1),
         Row::num("RSS after disconnect (MB)", mb(m2.rss_kb), 1),
-        Row::num("RSS per stream (KB)", (m1.rss_kb as f64 - m0.rss_kb as f64) * 1024.0 / n / 1000.0, 2),
-        Row::num("PSS per stream (KB)", (m1.pss_kb as f64 - m0.pss_kb as f64) * 1024.0 / n / 1000.0, 2),
-        Row::text("worker fds before / open / after", format!("{fd0} / {fd1} / {fd2}")),
+        Row::num(
+            "RSS per stream (KB)",
+            (m1.rss_kb as f64 - m0.rss_kb as f64) * 1024.0 / n / 1000.0,
+            2,
+        ),
+        Row::num(
+            "PSS per stream (KB)",
+            (m1.pss_kb as f64 - m0.pss_kb as f64) * 1024.0 / n / 1000.0,
+            2,
+        ),
+        Row::text(
+            "worker fds before / open / after",
+            format!("{fd0} / {fd1} / {fd2}"),
+        ),
     ];
     note_client_errors(env, wl, t, &eng.sink.st);
     finish(env, wl, ngx, &mut rows);
@@ -156,7 +283,13 @@ pub fn fanout(env: &mut Env, t: Target, f: &Fanout) -> io::Result<(Vec<Row>, Fan
     Ok((rows, out))
 }
 
-fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io::Result<(Vec<Row>, FanoutOut)> {
+fn fanout_on(
+    env: &mut Env,
+    t: Target,
+    f: &Fanout,
+    ngx: &Nginx,
+    pin: bool,
+) -> io::Result<(Vec<Row>, FanoutOut)> {
     let wl = f.name.as_str();
     if pin {
         sys::set_process_affinity(env.redis.pid(), Some(&[0]))?;
@@ -177,7 +310,7 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
     let t_warm = sys::now_ns();
     while !eng.all_warm() && sys::now_ns() - t_warm < 20_000_000_000 && !crate::stopping() {
         for c in eng.cold_channels() {
-            while !p.can_send() {
+            while !p.can_send(c) {
                 p.io(1_000_000);
                 eng.poll(0);
             }
@@ -192,16 +325,26 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
     let warm_secs = (sys::now_ns() - t_warm) as f64 / 1e9;
     let cold = eng.sink.subs.iter().filter(|s| !s.warm).count();
     if cold > 0 {
-        env.notes.push(format!("{wl} / {}: {cold} subscribers never saw a warm-up message", t.label()));
+        env.notes.push(format!(
+            "{wl} / {}: {cold} subscribers never saw a warm-up message",
+            t.label()
+        ));
     }
     let t_settle = sys::now_ns();
-    while (p.outstanding() > 0 || sys::now_ns() - t_settle < 200_000_000) && sys::now_ns() - t_settle < 5_000_000_000 {
+    while (p.outstanding() > 0 || sys::now_ns() - t_settle < 200_000_000)
+        && sys::now_ns() - t_settle < 5_000_000_000
+    {
         p.io(1_000_000);
         eng.poll(5);
     }
     let warm_pub = std::mem::take(&mut p.st);
     if warm_pub.errors > 0 {
-        env.notes.push(format!("{wl} / {}: {} publish errors during warm-up: {:?}", t.label(), warm_pub.errors, warm_pub.notes));
+        env.notes.push(format!(
+            "{wl} / {}: {} publish errors during warm-up: {:?}",
+            t.label(),
+            warm_pub.errors,
+            warm_pub.notes
+        ));
     }
 
     // The measured phase.
@@ -213,7 +356,9 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
     let last = publish::last_seqs(&plan, f.channels);
     let expected: u64 = eng.sink.subs.iter().map(|s| last[s.chan as usize]).sum();
     let distinct0 = eng.sink.distinct;
+    eng.loop_stats = Default::default();
     let (cpu0, rcpu0, tcpu0) = (ngx.workers_cpu_ns(), env.redis.cpu_ns(), sys::self_cpu_ns());
+    let (mcpu0, wall0) = (sys::machine_cpu(), sys::now_ns());
     let workers0 = ngx.workers();
     let done = Arc::new(AtomicBool::new(false));
     let (run, size, rate) = (env.run, f.size, f.rate);
@@ -241,13 +386,49 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
         }
     }
     let t_end = eng.sink.last_delivery_ns.max(plan_run.t_last_sent);
+    if eng.sink.timeline.is_some() {
+        errln!("  loop {:?}", eng.loop_stats);
+    }
+    if let Some(tl) = &eng.sink.timeline {
+        for (sec, h) in tl {
+            errln!(
+                "  timeline {wl}/{}: send second {sec}: {} deliveries, latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+                t.label(),
+                h.count,
+                h.quantile(0.5) as f64 / 1e6,
+                h.quantile(0.99) as f64 / 1e6,
+                h.max as f64 / 1e6
+            );
+        }
+    }
     let (cpu1, rcpu1, tcpu1) = (ngx.workers_cpu_ns(), env.redis.cpu_ns(), sys::self_cpu_ns());
+    let (mcpu1, wall1) = (sys::machine_cpu(), sys::now_ns());
+    let ours = (cpu1 - cpu0) + (rcpu1 - rcpu0) + (tcpu1 - tcpu0);
+    let others = (mcpu1.procs - mcpu0.procs).saturating_sub(ours);
+    let irq = mcpu1.irq - mcpu0.irq;
+    let busy = (mcpu1.procs - mcpu0.procs) + irq;
+    let wall = (wall1 - wall0) as f64;
     let workers1 = ngx.workers();
     if workers0 != workers1 {
-        env.notes.push(format!("{wl} / {}: worker pids changed during the run: {workers0:?} -> {workers1:?}", t.label()));
+        env.notes.push(format!(
+            "{wl} / {}: worker pids changed during the run: {workers0:?} -> {workers1:?}",
+            t.label()
+        ));
     }
     let m2 = ngx.mem();
     let tot = acct::totals(&eng.sink.subs, &last);
+    if tot.missing > 0 {
+        let pairs = acct::missing_pairs(&eng.sink.subs, &last, 12);
+        let list: Vec<String> = pairs
+            .iter()
+            .map(|(c, q, n)| format!("c{c} s{q} x{n}"))
+            .collect();
+        env.notes.push(format!(
+            "{wl} / {}: missing (channel, sequence, subscribers): {}",
+            t.label(),
+            list.join(", ")
+        ));
+    }
     let still_open = eng.live();
     eng.close_all();
     std::thread::sleep(Duration::from_millis(500));
@@ -263,14 +444,27 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
         Row::num("time to open all (s)", connect_secs, 2),
         Row::num("warm-up (s)", warm_secs, 2),
         Row::num("messages published", plan_run.sent as f64, 0),
-        Row::num("publish errors / unanswered", (pub_st.errors + plan_run.unanswered) as f64, 0),
+        Row::num(
+            "publish errors / unanswered",
+            (pub_st.errors + plan_run.unanswered) as f64,
+            0,
+        ),
         Row::num("publish lag max (ms)", ms(plan_run.lag_max_ns), 1),
+        Row::num(
+            "publisher connections closed by server",
+            pub_st.reconnects as f64,
+            0,
+        ),
         Row::num("deliveries expected", tot.expected as f64, 0),
         Row::num("deliveries received", tot.received as f64, 0),
         Row::num("missing", tot.missing as f64, 0),
         Row::num("duplicated", tot.duplicated as f64, 0),
         Row::num("out of order", tot.out_of_order as f64, 0),
-        Row::num("misrouted / foreign", (tot.misrouted + st.foreign) as f64, 0),
+        Row::num(
+            "misrouted / foreign",
+            (tot.misrouted + st.foreign) as f64,
+            0,
+        ),
         Row::num("streams closed by server", st.server_closed as f64, 0),
         Row::num("deliveries/s", tot.received as f64 / span.max(1e-9), 0),
         Row::num("latency p50 (ms)", ms(lat.quantile(0.5)), 2),
@@ -278,61 +472,168 @@ fn fanout_on(env: &mut Env, t: Target, f: &Fanout, ngx: &Nginx, pin: bool) -> io
         Row::num("latency p99.9 (ms)", ms(lat.quantile(0.999)), 2),
         Row::num("latency max (ms)", ms(lat.max), 2),
         Row::num("worker CPU (ms)", ms(cpu1 - cpu0), 0),
-        Row::num("worker CPU per delivery (us)", (cpu1 - cpu0) as f64 / 1e3 / recv, 2),
+        Row::num(
+            "worker CPU per delivery (us)",
+            (cpu1 - cpu0) as f64 / 1e3 / recv,
+            2,
+        ),
         Row::num("redis CPU (ms)", ms(rcpu1 - rcpu0), 0),
-        Row::num("tool CPU per delivery (us)", (tcpu1 - tcpu0) as f64 / 1e3 / recv, 2),
+        Row::num(
+            "tool CPU per delivery (us)",
+            (tcpu1 - tcpu0) as f64 / 1e3 / recv,
+            2,
+        ),
+        Row::num(
+            "machine busy, all CPUs (%)",
+            busy as f64 / wall / sys::num_cpus() as f64 * 100.0,
+            0,
+        ),
+        Row::num(OTHERS_METRIC, others as f64 / wall * 100.0, 0),
+        Row::num(
+            "irq + softirq CPU (% of one CPU)",
+            irq as f64 / wall * 100.0,
+            0,
+        ),
     ];
     mem_rows(&mut rows, "before", m0);
     mem_rows(&mut rows, "streams open", m1);
     mem_rows(&mut rows, "after publish", m2);
     mem_rows(&mut rows, "after disconnect", m3);
     if still_open as u64 != st.connected - st.server_closed {
-        env.notes.push(format!("{wl} / {}: {still_open} streams open at the end", t.label()));
+        env.notes.push(format!(
+            "{wl} / {}: {still_open} streams open at the end",
+            t.label()
+        ));
     }
     for n in &pub_st.notes {
-        env.notes.push(format!("{wl} / {} publisher: {n}", t.label()));
+        env.notes
+            .push(format!("{wl} / {} publisher: {n}", t.label()));
     }
-    if let Some((s, c)) = pub_st.statuses.iter().find(|(s, _)| !(200..300).contains(*s)) {
-        env.notes.push(format!("{wl} / {}: publisher got HTTP {s} x{c}", t.label()));
+    if let Some((s, c)) = pub_st
+        .statuses
+        .iter()
+        .find(|(s, _)| !(200..300).contains(*s))
+    {
+        env.notes
+            .push(format!("{wl} / {}: publisher got HTTP {s} x{c}", t.label()));
     }
     note_client_errors(env, wl, t, &st);
-    Ok((rows, FanoutOut { totals: tot, client: st, publisher: pub_st }))
+    Ok((
+        rows,
+        FanoutOut {
+            totals: tot,
+            client: st,
+            publisher: pub_st,
+        },
+    ))
 }
 
-/// Workload "churn": many short connect / first bytes / close cycles.
-pub fn churn(env: &mut Env, t: Target, cycles: u64, concurrency: usize, channels: u32) -> io::Result<Vec<Row>> {
+/// Workload "churn": many short connect / first bytes / close cycles. A
+/// warm-up of 2 x `concurrency` cycles first, so the baseline includes what
+/// the allocators keep after the first connections.
+pub fn churn(
+    env: &mut Env,
+    t: Target,
+    cycles: u64,
+    concurrency: usize,
+    channels: u32,
+) -> io::Result<Vec<Row>> {
     let wl = "churn";
     let ngx = start_nginx(env, wl, t, None)?;
     let names = chan_names(env, wl, t, channels);
     let mut eng = Engine::new(ngx.port, env.run, t.sub_prefix(), names)?;
+    let m_fresh = ngx.mem();
+    let warm = 2 * concurrency as u64;
+    eng.churn(warm, concurrency, channels, 60_000);
+    let warm_ok = eng.sink.st.connected;
+    eng.sink.st = Default::default();
+    eng.sink.ttfb = Default::default();
+    std::thread::sleep(Duration::from_millis(1000));
     let (m0, fd0) = (ngx.mem(), ngx.workers_fds());
     let cpu0 = ngx.workers_cpu_ns();
-    let first = (cycles / 10).max(1);
-    let s1 = eng.churn(first, concurrency, channels, 600_000);
+    let (drops0, synr0) = (sys::tcp_ext("ListenDrops"), sys::tcp_ext("TCPSynRetrans"));
+    let meter = Meter::start(&ngx, env.redis);
+    let half = cycles / 2;
+    let s1 = eng.churn(half, concurrency, channels, 600_000);
     std::thread::sleep(Duration::from_millis(500));
     let m1 = ngx.mem();
-    let s2 = eng.churn(cycles - first, concurrency, channels, 600_000);
+    let s2 = eng.churn(cycles - half, concurrency, channels, 600_000);
     let cpu1 = ngx.workers_cpu_ns();
+    let (drops1, synr1) = (sys::tcp_ext("ListenDrops"), sys::tcp_ext("TCPSynRetrans"));
+    let (others, irq) = meter.others(&ngx, env.redis);
     std::thread::sleep(Duration::from_millis(1000));
     let (m2, fd2) = (ngx.mem(), ngx.workers_fds());
     let st = &eng.sink.st;
-    let done = st.connected;
     let d = m2.rss_kb as f64 - m0.rss_kb as f64;
     let mut rows = vec![
-        Row::text("cycles completed (200 seen)", format!("{}/{}", done, cycles)),
-        Row::num("connect errors + non-200", (st.connect_errors + st.bad_status) as f64, 0),
+        Row::text(
+            "cycles completed (200 seen)",
+            format!("{}/{}", st.connected, cycles),
+        ),
+        Row::num(
+            "connect errors + non-200",
+            (st.connect_errors + st.bad_status) as f64,
+            0,
+        ),
         Row::num("cycles/s", cycles as f64 / (s1 + s2), 0),
-        Row::num("time to first byte p50 (ms)", eng.sink.ttfb.quantile(0.5) as f64 / 1e6, 2),
-        Row::num("time to first byte p99 (ms)", eng.sink.ttfb.quantile(0.99) as f64 / 1e6, 2),
-        Row::num("worker CPU per cycle (us)", (cpu1 - cpu0) as f64 / 1e3 / cycles.max(1) as f64, 1),
-        Row::num("RSS before (MB)", mb(m0.rss_kb), 1),
-        Row::num(&format!("RSS after {first} cycles (MB)"), mb(m1.rss_kb), 1),
-        Row::num("RSS after all cycles (MB)", mb(m2.rss_kb), 1),
-        Row::num("RSS after - before (MB)", d / 1024.0, 2),
-        Row::num("RSS after - after first 10% (MB)", (m2.rss_kb as f64 - m1.rss_kb as f64) / 1024.0, 2),
-        Row::text("RSS back to baseline +-2 MB", if d.abs() <= 2048.0 { "yes" } else { "NO" }.into()),
-        Row::text("worker fds before / after", format!("{fd0} / {fd2}")),
+        Row::num(OTHERS_METRIC, others, 0),
+        Row::num("irq + softirq CPU (% of one CPU)", irq, 0),
+        Row::num(
+            "time to first byte p50 (ms)",
+            eng.sink.ttfb.quantile(0.5) as f64 / 1e6,
+            2,
+        ),
+        Row::num(
+            "time to first byte p99 (ms)",
+            eng.sink.ttfb.quantile(0.99) as f64 / 1e6,
+            2,
+        ),
+        Row::num(
+            "time to first byte max (ms)",
+            eng.sink.ttfb.max as f64 / 1e6,
+            2,
+        ),
+        Row::num(
+            "kernel listen drops (machine-wide)",
+            (drops1 - drops0) as f64,
+            0,
+        ),
+        Row::num(
+            "TCP SYN retransmits (machine-wide)",
+            (synr1 - synr0) as f64,
+            0,
+        ),
+        Row::num(
+            "worker CPU per cycle (us)",
+            (cpu1 - cpu0) as f64 / 1e3 / cycles.max(1) as f64,
+            1,
+        ),
+        Row::num("RSS fresh (MB)", mb(m_fresh.rss_kb), 1),
+        Row::num(
+            &format!("RSS after {warm} warm-up cycles = baseline (MB)"),
+            mb(m0.rss_kb),
+            1,
+        ),
+        Row::num(&format!("RSS after {half} cycles (MB)"), mb(m1.rss_kb), 1),
+        Row::num(&format!("RSS after {cycles} cycles (MB)"), mb(m2.rss_kb), 1),
+        Row::num("RSS after - baseline (MB)", d / 1024.0, 2),
+        Row::text(
+            "RSS back to baseline +-2 MB",
+            if d.abs() <= 2048.0 { "yes" } else { "NO" }.into(),
+        ),
+        Row::num(
+            "RSS after - fresh (MB)",
+            (m2.rss_kb as f64 - m_fresh.rss_kb as f64) / 1024.0,
+            2,
+        ),
+        Row::text("worker fds baseline / after", format!("{fd0} / {fd2}")),
     ];
+    if warm_ok != warm {
+        env.notes.push(format!(
+            "{wl} / {}: only {warm_ok}/{warm} warm-up cycles saw a 200",
+            t.label()
+        ));
+    }
     note_client_errors(env, wl, t, &eng.sink.st);
     finish(env, wl, ngx, &mut rows);
     Ok(rows)
