@@ -1,22 +1,25 @@
 //! One SSE connection: the content handler of `sse_channel` locations, and the
-//! per-connection state that holds the request open and writes events to it.
+//! per-connection state that holds the stream open and writes events to it.
 //!
 //! Life of a stream:
-//! 1. [`content_handler`] validates the request, sends the headers and the
-//!    `retry:` field, registers the stream in the worker's fan-out registry,
-//!    bumps the request count and returns NGX_DONE to keep it open.
-//! 2. The Redis bridge hands it frames with [`Stream::enqueue`]; the worker
-//!    then calls [`Stream::flush`] once per batch, so many events coalesce
-//!    into one write.
-//! 3. It ends when the client leaves (nginx's `ngx_http_test_reading` sees the
-//!    EOF), when its backlog overflows, or at shutdown ([`Stream::finish`]).
-//!    The request cleanup ([`cleanup`]) unregisters it and frees it.
+//! 1. [`content_handler`] admits the request (channels, grants, user), sends
+//!    the header and the `retry:` field, registers the stream in the
+//!    worker's fan-out registry, bumps the request count and returns
+//!    NGX_DONE to keep it open.
+//! 2. An HTTP/1.x stream then sheds its request ([`Transport::Direct`], see
+//!    `direct.rs`); HTTP/2 and TLS streams stay requests and write through
+//!    nginx's output filters ([`Transport::Request`]).
+//! 3. The worker hands it frames ([`Stream::deliver`], [`Stream::enqueue`])
+//!    and calls [`Stream::flush`] once per batch, so the events of one Redis
+//!    read leave in one write.
+//! 4. It ends when the client leaves, when its backlog overflows, at
+//!    shutdown or revocation ([`Stream::finish`]): it is unregistered at once
+//!    and freed by the request cleanup, or with its connection (direct).
 //!
-//! Frames are reference-counted and shared by every subscriber of a message:
-//! an nginx buffer points into the frame, and the stream keeps the frame
-//! alive until nginx reports the buffer sent. Buffers and chain links are
-//! recycled through the stream's free list, so a long-lived stream does not
-//! grow its request pool.
+//! Frames are reference-counted and shared by every subscriber of a message;
+//! a stream keeps a frame alive until its bytes are sent. On the request
+//! transport, buffers and chain links are recycled through the stream's free
+//! list, so a long-lived stream does not grow its request pool.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
