@@ -593,8 +593,9 @@ impl Stream {
                     ngx_log_error!(
                         NGX_LOG_WARN,
                         (*c).log,
-                        "sse: closing stream of client {} with {} channel(s): {} bytes pending exceed sse_max_backlog {}",
+                        "sse: closing stream of client {}{} with {} channel(s): {} bytes pending exceed sse_max_backlog {}",
                         (*c).addr_text.to_string_lossy(),
+                        s.user.as_deref().map_or(String::new(), |u| format!(" (user \"{}\")", String::from_utf8_lossy(u))),
                         s.subscriptions.len(),
                         s.pending_bytes,
                         s.max_backlog

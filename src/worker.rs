@@ -368,11 +368,21 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
     };
     flush_all(batch);
     if !revoked.is_empty() {
+        let mut users: Vec<String> = revoked
+            .iter()
+            // SAFETY: the revoked streams are still registered (live).
+            .filter_map(|k| {
+                unsafe { (*k.as_ptr()).user() }.map(|u| String::from_utf8_lossy(u).into_owned())
+            })
+            .collect();
+        users.sort();
+        users.dedup();
         ngx_log_error!(
             NGX_LOG_INFO,
             cycle_log(),
-            "sse: revocation: ending {} stream(s)",
-            revoked.len()
+            "sse: revocation: ending {} stream(s) of user(s) {}",
+            revoked.len(),
+            users.join(", ")
         );
         end_streams(revoked);
     }
