@@ -121,11 +121,17 @@ class Redis:
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line
 
-    def publish(self, channel, payload):
-        """PUBLISH and return the number of subscribers (or None if it failed)."""
+    def publish(self, channel, payload, history=False):
+        """PUBLISH (or, with history, FCALL sse_publish, which also keeps the
+        message for Last-Event-ID resume) and return the integer reply: the
+        number of subscribers, or the message's id (None if it failed)."""
         self._connect()
+        if history:
+            command = resp_command("FCALL", "sse_publish", "0", channel, payload)
+        else:
+            command = resp_command("PUBLISH", channel, payload)
         try:
-            self.sock.sendall(resp_command("PUBLISH", channel, payload))
+            self.sock.sendall(command)
             line = self._reply_line()
         except OSError as e:
             self.sock.close()
@@ -143,6 +149,8 @@ def main():
     p.add_argument("--redis-host", default="127.0.0.1")
     p.add_argument("--redis-port", type=int, default=6379)
     p.add_argument("--rate", type=float, default=5.0, help="log lines per second, all channels together (default 5)")
+    p.add_argument("--no-history", dest="history", action="store_false",
+                   help="publish log lines with plain PUBLISH instead of FCALL sse_publish")
     p.add_argument("--workspaces", default="w1,w2")
     p.add_argument("--workflows", default="nightly-sales,customer-sync,ml-features")
     p.add_argument("--users", default=",".join(USERS), help="alert recipients")
@@ -165,9 +173,13 @@ def main():
 
     def send(channel, obj):
         payload = json.dumps(obj, separators=(",", ":"))
-        receivers = redis.publish(channel, payload)
+        # Log lines go through the history (a page that reconnects misses
+        # none); metrics and alerts are fire-and-forget PUBLISH.
+        history = a.history and channel.startswith("logs:")
+        reply = redis.publish(channel, payload, history=history)
         if a.verbose:
-            print(f"  {channel} -> {receivers} subscriber(s): {payload}", flush=True)
+            what = f"id {reply}" if history else f"{reply} subscriber(s)"
+            print(f"  {channel} -> {what}: {payload}", flush=True)
 
     sent, next_log, next_metrics = 0, 0.0, 0.0
     try:

@@ -170,6 +170,10 @@ NGINX_PID=$!
 wait_port "$HTTP_PORT" "$NGINX_PID" nginx "$RUN/error.log"
 
 # --- publisher -----------------------------------------------------------
+# Log lines are published with history (FCALL sse_publish): load the
+# function now so the publisher does not race the nginx workers that load it.
+"${REDIS_CLI:-redis-cli}" -p "$REDIS_PORT" -x FUNCTION LOAD REPLACE < "$REPO/redis/sse.lua" > /dev/null \
+    || die "could not load redis/sse.lua into redis"
 setsid "$PYTHON" -u "$REPO/demo/publisher.py" --redis-port "$REDIS_PORT" --rate "${DEMO_RATE:-5}" &
 PUB_PID=$!
 
@@ -182,7 +186,7 @@ cat <<EOF
 
   Raw stream:  curl -N '$BASE/sse/stream?channels=logs:w1:nightly-sales,metrics:w1'
                curl -N '$BASE/sse/logs?workspace=w2&workflow=customer-sync'
-  Publish:     redis-cli -p $REDIS_PORT PUBLISH logs:w1:nightly-sales '{"level":"ERROR","step":"load","msg":"hello from redis-cli"}'
+  Publish:     redis-cli -p $REDIS_PORT FCALL sse_publish 0 logs:w1:nightly-sales '{"level":"ERROR","step":"load","msg":"hello from redis-cli"}'
 
   nginx:  $NGINX_BIN (pid $NGINX_PID), config and logs in $RUN
   redis:  127.0.0.1:$REDIS_PORT (pid $REDIS_PID)
