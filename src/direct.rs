@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_handle_read_event, ngx_handle_write_event,
+    ngx_add_timer, ngx_connection_t, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event,
     ngx_http_close_connection, ngx_msec_t, NGX_OK,
 };
 
@@ -68,6 +68,9 @@ pub struct Direct {
     offset: usize,
     /// The end is queued: close once written.
     pub ending: bool,
+    /// nginx's `send_timeout` of the location: how long a client may take
+    /// no bytes at all while some are waiting for it.
+    send_timeout: ngx_msec_t,
 }
 
 /// What a write did.
@@ -79,13 +82,14 @@ pub enum Written {
 }
 
 impl Direct {
-    pub fn new(c: *mut ngx_connection_t, chunked: bool) -> Self {
+    pub fn new(c: *mut ngx_connection_t, chunked: bool, send_timeout: ngx_msec_t) -> Self {
         Direct {
             c,
             chunked,
             out: VecDeque::new(),
             offset: 0,
             ending: false,
+            send_timeout,
         }
     }
 
@@ -146,6 +150,13 @@ impl Direct {
                 count += 1;
             }
             if count == 0 {
+                // All out: the client is keeping up.
+                // SAFETY: live connection (caller's contract).
+                unsafe {
+                    if !self.ending && (*(*self.c).write).timer_set() != 0 {
+                        ngx_del_timer((*self.c).write);
+                    }
+                }
                 return Written::Some(total);
             }
             // SAFETY: the iovecs point into pieces owned by `self.out`, alive
@@ -198,8 +209,14 @@ impl Direct {
             if ngx_handle_write_event((*self.c).write, 0) != NGX_OK as isize {
                 return Written::Error;
             }
-            if self.ending && (*(*self.c).write).timer_set() == 0 {
-                ngx_add_timer((*self.c).write, END_TIMEOUT_MS);
+            if self.ending {
+                if (*(*self.c).write).timer_set() == 0 {
+                    ngx_add_timer((*self.c).write, END_TIMEOUT_MS);
+                }
+            } else if self.send_timeout > 0 && (total > 0 || (*(*self.c).write).timer_set() == 0) {
+                // (Re)started on progress: it measures a client that takes
+                // nothing, as nginx's send_timeout does.
+                ngx_add_timer((*self.c).write, self.send_timeout);
             }
         }
         Written::Some(total)

@@ -37,7 +37,7 @@ use ngx::ffi::{
     ngx_str_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
     NGX_HTTP_CLOSE, NGX_HTTP_FORBIDDEN, NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_LAST, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE,
-    NGX_HTTP_VERSION_20, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    NGX_HTTP_VERSION_20, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
@@ -803,6 +803,8 @@ unsafe extern "C" fn takeover_handler(ev: *mut ngx_event_t) {
             return;
         }
         let chunked = (*r).chunked() != 0;
+        let send_timeout =
+            NgxHttpCoreModule::location_conf(&*r).map_or(0, |clcf| clcf.send_timeout);
         // nginx logs the request and frees it; the cleanup sees `detaching`.
         s.detaching = true;
         ngx_http_free_request(r, 0);
@@ -818,7 +820,7 @@ unsafe extern "C" fn takeover_handler(ev: *mut ngx_event_t) {
         (*(*c).write).handler = Some(direct_write_handler);
         (*(*c).log).action = c"streaming events".as_ptr() as *mut _;
         s.free = ptr::null_mut();
-        s.transport = Transport::Direct(Direct::new(c, chunked));
+        s.transport = Transport::Direct(Direct::new(c, chunked, send_timeout));
         if !s.queue.is_empty() {
             Stream::flush(key);
         }
@@ -856,6 +858,16 @@ unsafe extern "C" fn direct_write_handler(ev: *mut ngx_event_t) {
             if done {
                 Stream::close_direct(key);
             }
+            return;
+        }
+        if (*ev).timedout() != 0 {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                (*c).log,
+                "sse: client timed out (send_timeout) with {} bytes pending",
+                s.pending_bytes
+            );
+            Stream::finish(key, false);
             return;
         }
         Stream::flush(key);

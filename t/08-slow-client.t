@@ -13,6 +13,7 @@ my $redis = start_redis();
 my $rp    = $redis->port;
 my $nginx = start_nginx(redis => $redis, workers => 1, server => q{
         location /sse { sse_channel bulk; sse_max_backlog 64k; sse_heartbeat off; }
+        location /patient { sse_channel stall; sse_max_backlog 100m; sse_heartbeat off; send_timeout 1s; }
 });
 my $port = $nginx->port;
 
@@ -78,6 +79,29 @@ subtest 'sse_max_backlog 64k, 600 messages of 32 KiB' => sub { scenario(32 * 102
 # A message as large as the limit is not a backlog for a client that keeps
 # up: it must still be delivered.
 subtest 'sse_max_backlog 64k, 300 messages of 64 KiB' => sub { scenario(64 * 1024, 300) };
+
+# A client that takes nothing at all while data waits for it is dropped after
+# send_timeout, even when the backlog limit is far away.
+subtest 'send_timeout closes a stalled client below sse_max_backlog' => sub {
+    my $log_mark = $nginx->error_log_mark;
+    my $stalled = sse_connect($port, '/patient', rcvbuf => 4096);
+    is $stalled->status, 200, 'stalled client connected';
+    ok wait_subscribed($rp, 'stall', 1, 5), 'subscribed';
+    # More than the socket buffers hold (about 3 MB here), far below 100m.
+    my $conn = redis_connect($rp);
+    $conn->cmd(PUBLISH => stall => 'y' x 32768) for 1 .. 200;
+    $conn->close;
+    my $t0 = time;
+    my $closed = 0;
+    while (time - $t0 < 10) {
+        last if $closed = ($nginx->error_log_since($log_mark) =~ /sse: client timed out \(send_timeout\)/);
+        select undef, undef, undef, 0.1;
+    }
+    ok $closed, 'nginx logs the timeout and drops the client';
+    ok time - $t0 < 6, 'within a few seconds of send_timeout 1s';
+    ok wait_subscribed($rp, 'stall', 0, 5), 'its channel is unsubscribed';
+    $stalled->close;
+};
 
 is_deeply [$nginx->alerts], [], 'no [alert] or [emerg] in error.log';
 
