@@ -735,16 +735,14 @@ impl Stream {
                     ngx_http_finalize_request(r, rc);
                 }
                 Transport::Direct(direct) => {
-                    if clean {
+                    let end_pending = clean && {
                         direct.push_end();
-                        if let Written::Some(_) = direct.write() {
-                            if !direct.is_empty() {
-                                // The write handler closes once the end is out.
-                                return;
-                            }
-                        }
+                        matches!(direct.write(), Written::Some(_)) && !direct.is_empty()
+                    };
+                    // Otherwise the write handler closes once the end is out.
+                    if !end_pending {
+                        Stream::close_direct(this);
                     }
-                    Stream::close_direct(this);
                 }
             }
         }
@@ -835,7 +833,11 @@ unsafe extern "C" fn direct_read_handler(ev: *mut ngx_event_t) {
         let Transport::Direct(direct) = &mut (*key.as_ptr()).transport else {
             return;
         };
-        if direct.client_gone() {
+        let (gone, ending) = (direct.client_gone(), direct.ending);
+        if gone && ending {
+            // Gone while its clean end was being written: nothing to finish.
+            Stream::close_direct(key);
+        } else if gone {
             Stream::finish(key, false);
         }
     }
@@ -860,7 +862,8 @@ unsafe extern "C" fn direct_write_handler(ev: *mut ngx_event_t) {
             }
             return;
         }
-        if (*ev).timedout() != 0 {
+        let timed_out = (*ev).timedout() != 0;
+        if timed_out {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 (*c).log,
