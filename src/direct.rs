@@ -22,6 +22,8 @@ use ngx::ffi::{
     ngx_http_close_connection, ngx_msec_t, NGX_OK,
 };
 
+use sse_core::frame;
+
 use crate::stream::Frame;
 
 /// How long a clean end may take to write the last bytes before the
@@ -57,6 +59,19 @@ impl Piece {
             Piece::Frame(f) => f.bytes(),
             Piece::Own { bytes, len } => &bytes[..*len as usize],
         }
+    }
+}
+
+/// The chunk-size line for `size` bytes, formatted without allocating
+/// (this runs once per delivery).
+fn chunk_header(size: usize) -> Piece {
+    let mut bytes = [0u8; 24];
+    let mut line = [0u8; frame::CHUNK_SIZE_LINE_MAX];
+    let len = frame::chunk_size_line(size, &mut line);
+    bytes[..len].copy_from_slice(&line[..len]);
+    Piece::Own {
+        bytes,
+        len: len as u8,
     }
 }
 
@@ -104,9 +119,9 @@ impl Direct {
         }
         let mut overhead = 0;
         if self.chunked {
-            let header = format!("{total:x}\r\n");
-            overhead += header.len() + 2;
-            self.out.push_back(Piece::own(header.as_bytes()));
+            let header = chunk_header(total);
+            overhead += header.bytes().len() + 2;
+            self.out.push_back(header);
         }
         self.out.extend(frames.map(Piece::Frame));
         if self.chunked {

@@ -45,6 +45,23 @@ pub fn encode_retry(out: &mut Vec<u8>, millis: u64) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Longest HTTP/1.1 chunk-size line: 16 hex digits and CRLF.
+pub const CHUNK_SIZE_LINE_MAX: usize = 18;
+
+/// Writes the chunk-size line of HTTP/1.1 chunked encoding (`<hex>\r\n`) for
+/// a chunk of `size` bytes, and returns its length. No allocation: streams
+/// that write their own chunks call it once per write.
+pub fn chunk_size_line(size: usize, out: &mut [u8; CHUNK_SIZE_LINE_MAX]) -> usize {
+    let digits = ((usize::BITS - size.leading_zeros()).div_ceil(4) as usize).max(1);
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *digit = b"0123456789abcdef"[(size >> shift) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
 /// A single-line field whose value has had CR, LF and NUL removed (a NUL in
 /// `id` makes browsers ignore the field, CR/LF would end the line).
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -229,5 +246,27 @@ mod tests {
         let mut out = Vec::new();
         encode_retry(&mut out, 3000);
         assert_eq!(out, b"retry: 3000\n\n");
+    }
+
+    #[test]
+    fn chunk_size_lines_match_hex_formatting() {
+        for size in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4095,
+            16384,
+            1 << 20,
+            usize::MAX,
+        ] {
+            let mut out = [0u8; CHUNK_SIZE_LINE_MAX];
+            let len = chunk_size_line(size, &mut out);
+            assert_eq!(&out[..len], format!("{size:x}\r\n").as_bytes(), "{size}");
+        }
     }
 }
