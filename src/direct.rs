@@ -15,7 +15,7 @@
 //! is clean (shutdown, revocation), by closing otherwise.
 
 use std::collections::VecDeque;
-use std::ptr;
+use std::mem::MaybeUninit;
 
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event,
@@ -144,27 +144,11 @@ impl Direct {
     /// `self.c` must be a live connection.
     pub unsafe fn write(&mut self) -> Written {
         let mut total = 0;
+        // Filled up to `count` before each call (this runs once per
+        // delivery: no zeroing of the whole array).
+        let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_IOV];
         loop {
-            let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-                iov_base: ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV];
-            let mut count = 0;
-            let mut want = 0;
-            for (i, piece) in self.out.iter().take(MAX_IOV).enumerate() {
-                let bytes = if i == 0 {
-                    &piece.bytes()[self.offset..]
-                } else {
-                    piece.bytes()
-                };
-                iov[count] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                };
-                want += bytes.len();
-                count += 1;
-            }
-            if count == 0 {
+            if self.out.is_empty() {
                 // All out: the client is keeping up.
                 // SAFETY: live connection (caller's contract).
                 unsafe {
@@ -174,9 +158,31 @@ impl Direct {
                 }
                 return Written::Some(total);
             }
-            // SAFETY: the iovecs point into pieces owned by `self.out`, alive
-            // for the duration of the call; `fd` is the connection's socket.
-            let n = unsafe { libc::writev((*self.c).fd, iov.as_ptr(), count as libc::c_int) };
+            let mut count = 0;
+            let mut want = 0;
+            for (slot, (i, piece)) in iov.iter_mut().zip(self.out.iter().enumerate()) {
+                let bytes = if i == 0 {
+                    &piece.bytes()[self.offset..]
+                } else {
+                    piece.bytes()
+                };
+                slot.write(libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                });
+                want += bytes.len();
+                count += 1;
+            }
+            // SAFETY: the first `count` iovecs are initialised and point into
+            // pieces owned by `self.out`, alive for the duration of the call;
+            // `fd` is the connection's socket.
+            let n = unsafe {
+                libc::writev(
+                    (*self.c).fd,
+                    iov.as_ptr() as *const libc::iovec,
+                    count as libc::c_int,
+                )
+            };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 match err.kind() {
