@@ -104,7 +104,8 @@ pub struct LocConf {
     pub channels: Vec<*mut ngx_http_complex_value_t>,
     /// The source text of those values, for the open-location warning.
     channel_sources: Vec<String>,
-    /// Where `sse_channel` was written, for that warning.
+    /// Where `sse_channel` was written (location and file:line), for that
+    /// warning.
     location: String,
     /// `sse_allow`: `None` is an open location (no access control).
     pub allow: Option<Vec<*mut ngx_http_complex_value_t>>,
@@ -544,7 +545,19 @@ extern "C" fn set_channel(
     unsafe {
         if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) {
             clcf.handler = Some(stream::content_handler);
-            lcf.location = clcf.name.to_string_lossy();
+            // "/path" (nginx.conf:12): the warning below is emitted at merge
+            // time, when nginx's own position is the end of the block.
+            let conf_file = (*cf).conf_file;
+            lcf.location = if conf_file.is_null() {
+                format!("\"{}\"", clcf.name.to_string_lossy())
+            } else {
+                format!(
+                    "\"{}\" ({}:{})",
+                    clcf.name.to_string_lossy(),
+                    (*conf_file).file.name.to_string_lossy(),
+                    (*conf_file).line
+                )
+            };
         }
         if let Some(main) = crate::SseModule::main_conf_mut(&*cf) {
             main.used = true;
@@ -686,7 +699,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             ngx_conf_log_error!(
                 NGX_LOG_WARN,
                 cf,
-                "\"sse_channel {value}\" in location \"{}\" takes channels from client input and no \"sse_allow\" limits them: any client can read any channel",
+                "\"sse_channel {value}\" in location {} takes channels from client input and no \"sse_allow\" limits them: any client can read any channel",
                 lcf.location
             );
         }
