@@ -38,16 +38,7 @@ my @clients = map {
 # Warm-up (plain PUBLISH, no id) until every client receives on both its
 # channels: from then on nothing published can miss it.
 my $t0 = time;
-my $ready = 0;
-while (time - $t0 < 30) {
-    redis_cmd($rp, PUBLISH => $_ => 'warmup') for @CHANS;
-    $ready = wait_sources(\@clients, sub {
-        my ($es) = @_;
-        my %seen = map { $_->{event} => 1 } grep { $_->{data} eq 'warmup' } $es->all_events;
-        !grep { !$seen{$_} } @{ $es->{chans} };
-    }, 0.5);
-    last if $ready == $CLIENTS;
-}
+my $ready = warm_up_sources($rp, \@clients, \@CHANS, 30);
 is $ready, $CLIENTS, "$CLIENTS streams open and receiving";
 note sprintf 'ready after %.2f s', time - $t0;
 is scalar(grep { ($_->{connections}[0]{status} // 0) == 200 } @clients), $CLIENTS, 'all answered 200';

@@ -38,7 +38,7 @@ our @EXPORT = qw(
     sse_connect wait_clients wait_events
     http_request redis_cmd redis_connect numsub wait_subscribed
     free_port wait_until rss_kb children_of slurp
-    load_sse_function sse_publish start_publisher event_source wait_sources
+    load_sse_function sse_publish start_publisher event_source wait_sources warm_up_sources
 );
 
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
@@ -1351,6 +1351,26 @@ sub wait_sources {
             sleep($left < 0.05 ? $left : 0.05);
         }
     }
+}
+
+# Publishes a plain 'warmup' message on every channel of @$channels until
+# each source has received it on every channel it asked for ($es->{chans}),
+# or $timeout s pass. From then on nothing published can miss a source.
+# Returns how many sources are ready.
+sub warm_up_sources {
+    my ($redis_port, $sources, $channels, $timeout) = @_;
+    my $t0 = time;
+    my $ready = 0;
+    while (time - $t0 < $timeout) {
+        redis_cmd($redis_port, PUBLISH => $_ => 'warmup') for @$channels;
+        $ready = wait_sources($sources, sub {
+            my ($es) = @_;
+            my %seen = map { $_->{event} => 1 } grep { $_->{data} eq 'warmup' } $es->all_events;
+            !grep { !$seen{$_} } @{ $es->{chans} };
+        }, 0.5);
+        last if $ready == @$sources;
+    }
+    return $ready;
 }
 
 package SSETest::EventSource;
