@@ -13,8 +13,10 @@ nginx-sse publishing function: history + notification in one atomic call.
    seconds (default 86400; 0 = never);
 3. records N as the channel's last id in the hash <P>:last (used to detect
    history that is gone);
-4. publishes "\x1esse1 id=N [to=...]\n<payload>" on <channel>, the envelope
-   nginx-sse reads;
+4. publishes "\x1esse1 id=N [prefix=P] [to=...]\n<payload>" on <channel>, the
+   envelope nginx-sse reads (`prefix=` only when P is not the default: an
+   nginx configured with another `sse_redis_prefix` skips the event, whose id
+   belongs to another sequence);
 and returns N. The default prefix P is "sse". Keys are not declared, so this
 needs a standalone Redis (or one where all these keys live on one node).
 ]]
@@ -33,7 +35,7 @@ local function publish(keys, args)
     if k == 'maxlen' and tonumber(v) and tonumber(v) >= 1 then maxlen = math.floor(tonumber(v))
     elseif k == 'ttl' and tonumber(v) and tonumber(v) >= 0 then ttl = math.floor(tonumber(v))
     elseif k == 'to' and v ~= '' and not string.find(v, '[%s\n]') then to = v
-    elseif k == 'prefix' and v ~= '' then prefix = v
+    elseif k == 'prefix' and string.find(v, '^[%w_%-%.@:]+$') then prefix = v
     else return redis.error_reply('bad option "' .. args[i] .. '"') end
   end
 
@@ -51,6 +53,7 @@ local function publish(keys, args)
   if ttl > 0 then redis.call('EXPIRE', stream, ttl) end
 
   local header = '\30sse1 id=' .. id
+  if prefix ~= 'sse' then header = header .. ' prefix=' .. prefix end
   if to then header = header .. ' to=' .. to end
   redis.call('PUBLISH', channel, header .. '\n' .. payload)
   return id

@@ -8,6 +8,9 @@
 //! - `sse1` is the format version; the header ends at the first `\n`;
 //! - `id=` is the event's position in the history (set by the `sse_publish`
 //!   Redis function, see `redis/sse.lua`); it becomes the SSE `id:`;
+//! - `prefix=` names the history (`sse_redis_prefix`) that issued `id=`,
+//!   when it is not the default `sse`: ids are positions in one prefix's
+//!   sequence and mean nothing to an nginx configured with another prefix;
 //! - `to=` names the audience: only streams whose `sse_user` is one of these
 //!   users receive the event (others on the same channel never see it);
 //! - BODY, everything after the first `\n`, is the event's data, verbatim.
@@ -23,18 +26,29 @@ use std::fmt;
 use crate::channel::ChannelName;
 
 pub const MARK: u8 = 0x1e;
+/// The history prefix of `sse_publish` and `sse_redis_prefix` when none is given.
+pub const DEFAULT_PREFIX: &str = "sse";
 const VERSION: &[u8] = b"sse1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
     /// Global sequence number of a message published with history.
     pub id: Option<u64>,
+    /// The history prefix that issued `id` (`None`: the default, `sse`).
+    pub prefix: Option<&'a [u8]>,
     /// `None`: every subscriber of the channel; `Some`: only these users.
     pub audience: Option<Vec<&'a [u8]>>,
     pub body: &'a [u8],
 }
 
 impl Envelope<'_> {
+    /// Whether the event belongs to the history named `prefix`: true for
+    /// events without an id (plain publishes belong to every application
+    /// subscribed to the channel) and for ids issued under `prefix`.
+    pub fn belongs_to(&self, prefix: &[u8]) -> bool {
+        self.id.is_none() || self.prefix.unwrap_or(DEFAULT_PREFIX.as_bytes()) == prefix
+    }
+
     /// Whether a stream of `user` (None: anonymous) may receive this event.
     pub fn admits(&self, user: Option<&[u8]>) -> bool {
         audience_admits(self.audience.as_deref(), user)
@@ -58,6 +72,7 @@ pub enum EnvelopeError {
     BadUser(String),
     EmptyAudience,
     BadId(String),
+    BadPrefix(String),
 }
 
 impl fmt::Display for EnvelopeError {
@@ -69,6 +84,7 @@ impl fmt::Display for EnvelopeError {
             EnvelopeError::BadUser(u) => write!(f, "envelope names an invalid user \"{u}\""),
             EnvelopeError::EmptyAudience => f.write_str("envelope has an empty \"to=\" list"),
             EnvelopeError::BadId(id) => write!(f, "envelope has an invalid id \"{id}\""),
+            EnvelopeError::BadPrefix(p) => write!(f, "envelope has an invalid prefix \"{p}\""),
         }
     }
 }
@@ -79,6 +95,7 @@ pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     if payload.first() != Some(&MARK) {
         return Ok(Envelope {
             id: None,
+            prefix: None,
             audience: None,
             body: payload,
         });
@@ -95,7 +112,20 @@ pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     }
     let mut audience = None;
     let mut id = None;
+    let mut prefix = None;
     for field in fields {
+        if let Some(value) = field.strip_prefix(b"prefix=") {
+            if prefix.is_some() {
+                return Err(EnvelopeError::UnknownField("prefix (twice)".into()));
+            }
+            if ChannelName::parse(value).is_err() {
+                return Err(EnvelopeError::BadPrefix(
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+            }
+            prefix = Some(value);
+            continue;
+        }
         if let Some(value) = field.strip_prefix(b"id=") {
             let shown = || String::from_utf8_lossy(value).into_owned();
             if id.is_some() {
@@ -125,7 +155,12 @@ pub fn parse(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         }
         audience = Some(list);
     }
-    Ok(Envelope { id, audience, body })
+    Ok(Envelope {
+        id,
+        prefix,
+        audience,
+        body,
+    })
 }
 
 /// Event ids are decimal u64 without sign or leading zeros (what INCR gives).
@@ -198,6 +233,7 @@ mod tests {
                 parse(raw),
                 Ok(Envelope {
                     id: None,
+                    prefix: None,
                     audience: None,
                     body: raw
                 })
@@ -287,5 +323,24 @@ mod tests {
         assert_eq!(parse_id(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_id(b"18446744073709551616"), None);
         assert_eq!(parse_id(b"0"), Some(0));
+    }
+
+    #[test]
+    fn prefixes_isolate_ids() {
+        let default = parse(b"\x1esse1 id=3\nx").unwrap();
+        assert!(default.belongs_to(b"sse") && !default.belongs_to(b"app2"));
+        let app2 = parse(b"\x1esse1 id=3 prefix=app2 to=u1\nx").unwrap();
+        assert_eq!(app2.prefix, Some(&b"app2"[..]));
+        assert!(app2.belongs_to(b"app2") && !app2.belongs_to(b"sse"));
+        // Plain publishes have no id: they belong to everyone.
+        assert!(parse(b"plain").unwrap().belongs_to(b"app2"));
+        assert!(matches!(
+            parse(b"\x1esse1 id=3 prefix=\nx"),
+            Err(EnvelopeError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            parse(b"\x1esse1 prefix=a prefix=b\nx"),
+            Err(EnvelopeError::UnknownField(_))
+        ));
     }
 }
