@@ -426,9 +426,19 @@ unsafe fn send_stream_header(
         {
             return NGX_ERROR as ngx_int_t;
         }
+        // A stream is never a conditional response: without this, nginx's
+        // not-modified filter answers `If-None-Match: *` with a 304 (and
+        // `If-Match` with a 412), and the stream would follow that
+        // header-only response on the connection.
+        (*r).set_disable_not_modified(1);
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return rc;
+        }
+        if (*r).header_only() != 0 || (*r).headers_out.status != NGX_HTTP_OK as usize {
+            // Some filter turned the answer into a header-only one: the
+            // stream must not follow it (it would read as the next response).
+            return NGX_ERROR as ngx_int_t;
         }
         let mut first = Vec::with_capacity(24);
         frame::encode_retry(&mut first, retry_ms as u64);
@@ -537,23 +547,30 @@ impl Stream {
         }
     }
 
-    /// Whether a message may reach this stream. `via_pattern`: it came
-    /// through a pattern subscription (Redis' globs match more than our
-    /// patterns, and a pattern may reach channels beyond the grants, so
-    /// both are checked per message). Concrete channels were checked
-    /// against the grants when the stream opened.
-    pub fn admits(&self, via_pattern: bool, channel: &[u8], envelope: &Envelope<'_>) -> bool {
-        if via_pattern {
-            if !self.subscriptions.iter().any(|s| s.matches(channel)) {
-                return false;
-            }
-            if let Some(grants) = &self.grants {
-                if !grants.allows(channel) {
-                    return false;
-                }
-            }
-        }
-        envelope.admits(self.user.as_deref())
+    /// Whether a message that Redis delivered through `key` (a channel, or
+    /// a pattern's glob) may reach this stream: once per subscription of
+    /// the stream whose own key delivered it and whose documented rule
+    /// matches the channel. Redis' globs match more than our patterns (`*`
+    /// also matches `:`), so the same message can arrive through several
+    /// keys; only one of them is the stream's (its subscriptions never
+    /// overlap). A pattern may reach channels beyond the grants, so those are
+    /// checked per message; concrete channels were checked when the stream
+    /// opened.
+    pub fn admits(&self, key: &[u8], channel: &[u8], envelope: &Envelope<'_>) -> bool {
+        let Some(i) = self.keys.iter().position(|k| **k == *key) else {
+            return false;
+        };
+        let subscription = &self.subscriptions[i];
+        let wanted = if subscription.is_concrete() {
+            subscription.as_bytes() == channel
+        } else {
+            let granted = match &self.grants {
+                Some(grants) => grants.allows(channel),
+                None => true,
+            };
+            granted && subscription.matches(channel)
+        };
+        wanted && envelope.admits(self.user.as_deref())
     }
 
     pub fn user(&self) -> Option<&[u8]> {

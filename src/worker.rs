@@ -25,7 +25,7 @@ use ngx::ngx_log_error;
 use sse_core::channel;
 use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
 use sse_core::frame;
-use sse_core::registry::{self, Registry};
+use sse_core::registry::Registry;
 use sse_core::resp::Value;
 
 use crate::history::Phase;
@@ -148,6 +148,8 @@ struct WorkerSink<'a> {
     scratch: &'a mut Vec<u8>,
     next_token: u64,
     effects: &'a mut Effects,
+    /// `sse_redis_prefix`: events whose id another prefix issued are not ours.
+    prefix: &'a [u8],
 }
 
 impl WorkerSink<'_> {
@@ -196,8 +198,10 @@ impl WorkerSink<'_> {
 impl Sink for WorkerSink<'_> {
     fn message(&mut self, subscription: &[u8], channel: &[u8], payload: &[u8]) {
         if channel::is_reserved(channel) {
-            // The module's own channels never reach clients.
-            if channel == CONTROL_CHANNEL.as_bytes() {
+            // The module's own channels never reach clients. A client's
+            // pattern glob (`*:*`) can match them too: only the worker's
+            // own subscription counts, so each control message acts once.
+            if subscription == CONTROL_CHANNEL.as_bytes() {
                 self.control(payload);
             }
             return;
@@ -220,13 +224,17 @@ impl Sink for WorkerSink<'_> {
                 return;
             }
         };
-        let via_pattern = registry::is_pattern_key(subscription);
+        if !envelope.belongs_to(self.prefix) {
+            // Published with history under another sse_redis_prefix: its id
+            // is a position in another application's sequence.
+            return;
+        }
         // Formatted once, on first use, and shared by every recipient.
         let mut frame: Option<Rc<[u8]>> = None;
         for &key in subscribers {
             // SAFETY: registered streams are live; no nginx code runs here.
             let s = unsafe { &mut *key.as_ptr() };
-            if !s.admits(via_pattern, channel, &envelope) {
+            if !s.admits(subscription, channel, &envelope) {
                 continue;
             }
             let frame = frame.get_or_insert_with(|| {
@@ -343,6 +351,7 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 dirty,
                 scratch,
                 barrier_token,
+                prefix,
                 ..
             } = &mut *w;
             let mut sink = WorkerSink {
@@ -352,6 +361,7 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 scratch,
                 next_token: *barrier_token + 1,
                 effects: &mut effects,
+                prefix: prefix.as_bytes(),
             };
             let bridge = match role {
                 Role::Subscriber => Some(subscriber),

@@ -73,8 +73,10 @@ fn is_name_byte(b: u8) -> bool {
 /// the client in a 400 body, so it names the offending input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelError {
-    /// No channel at all, or an empty item such as `a,,b`.
+    /// An empty name, or an empty item such as `a,,b`.
     Empty,
+    /// Every value of the list was empty: nothing to subscribe to.
+    NoChannel,
     TooLong {
         len: usize,
     },
@@ -115,6 +117,7 @@ impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChannelError::Empty => f.write_str("empty channel name"),
+            ChannelError::NoChannel => f.write_str("no channel requested"),
             ChannelError::TooLong { len } => write!(
                 f,
                 "channel name of {len} bytes is longer than {MAX_CHANNEL_LEN}"
@@ -177,7 +180,9 @@ pub struct ListRules {
 /// Turns the evaluated values of `sse_channel` into the subscriptions of one
 /// connection: each value is percent-decoded once (so `encodeURIComponent`
 /// output works), split at `,`, trimmed of spaces, validated, and de-duplicated
-/// keeping first occurrences in order. More than `rules.max` distinct
+/// keeping first occurrences in order. A value that is empty as a whole
+/// contributes nothing, so optional variables work; an empty item inside a
+/// value (`a,,b`) is an error. More than `rules.max` distinct
 /// subscriptions, none, reserved names, and (with patterns) two that overlap
 /// are errors.
 pub fn parse_channel_list<V: AsRef<[u8]>>(
@@ -186,6 +191,10 @@ pub fn parse_channel_list<V: AsRef<[u8]>>(
 ) -> Result<Vec<Pattern>, ChannelError> {
     let mut channels: Vec<Pattern> = Vec::new();
     for value in values {
+        if value.as_ref().is_empty() {
+            // An optional variable that is not set (`$arg_b` without `b`).
+            continue;
+        }
         let decoded = percent_decode(value.as_ref())?;
         for item in decoded.split(|&b| b == b',') {
             let item = item.trim_ascii();
@@ -211,7 +220,7 @@ pub fn parse_channel_list<V: AsRef<[u8]>>(
     }
     let max = rules.max;
     if channels.is_empty() {
-        return Err(ChannelError::Empty);
+        return Err(ChannelError::NoChannel);
     }
     if channels.len() > max {
         return Err(ChannelError::TooMany {
@@ -341,16 +350,29 @@ mod tests {
     }
 
     #[test]
+    fn empty_values_contribute_nothing() {
+        // `sse_channel $arg_a $arg_b;` with only `a` set.
+        let list = parse_channel_list(&["x", ""], RULES).unwrap();
+        assert_eq!(names(&list), ["x"]);
+        let list = parse_channel_list(&["", "y"], RULES).unwrap();
+        assert_eq!(names(&list), ["y"]);
+    }
+
+    #[test]
     fn list_refuses_empty_items_and_too_many() {
         assert_eq!(
             parse_channel_list(&["a,,b"], RULES),
             Err(ChannelError::Empty)
         );
-        assert_eq!(parse_channel_list(&[""], RULES), Err(ChannelError::Empty));
+        assert_eq!(
+            parse_channel_list(&["", ""], RULES),
+            Err(ChannelError::NoChannel)
+        );
         assert_eq!(
             parse_channel_list::<&str>(&[], RULES),
-            Err(ChannelError::Empty)
+            Err(ChannelError::NoChannel)
         );
+        assert_eq!(parse_channel_list(&[" "], RULES), Err(ChannelError::Empty));
         assert_eq!(
             parse_channel_list(&["a,b,c"], rules(2)),
             Err(ChannelError::TooMany { count: 3, max: 2 })
