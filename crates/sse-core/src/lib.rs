@@ -9,6 +9,7 @@
 //! - [`resp`]: the Redis protocol (replies in, commands out);
 //! - [`redis_url`]: the `sse_redis_url` value;
 //! - [`registry`]: which subscriber of a worker wants which channel;
+//! - [`subscriber`]: the conversation on a worker's subscriber connection;
 //! - [`backoff`]: reconnection delays.
 #![forbid(unsafe_code)]
 
@@ -21,3 +22,4 @@ pub mod pattern;
 pub mod redis_url;
 pub mod registry;
 pub mod resp;
+pub mod subscriber;
