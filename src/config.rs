@@ -17,6 +17,7 @@
 //! | `sse_history`      | http, server, location  | [`LocConf::history`]    |
 //! | `sse_history_start`| http, server, location  | [`LocConf::history_start`] |
 //! | `sse_redis_prefix` | http                    | [`MainConf::prefix`]    |
+//! | `sse_max_message_size` | http                | [`MainConf::max_message`] |
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -48,6 +49,8 @@ pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
 pub const DEFAULT_RETRY_MS: ngx_msec_t = 3_000;
 pub const DEFAULT_MAX_BACKLOG: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CHANNELS: ngx_int_t = 32;
+/// Messages larger than this are skipped (`sse_max_message_size`).
+pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 /// Upper bound of `sse_max_channels`: a connection is one fan-out entry per
 /// channel, and a request line this long would not fit nginx's buffers anyway.
 pub const MAX_MAX_CHANNELS: ngx_int_t = 1024;
@@ -70,7 +73,6 @@ pub struct RedisTarget {
 }
 
 /// http-level configuration.
-#[derive(Default)]
 pub struct MainConf {
     /// Set by `sse_redis_url`, or the default in [`init_main_conf`].
     pub redis: Option<RedisTarget>,
@@ -82,6 +84,21 @@ pub struct MainConf {
     pub history_used: bool,
     /// `sse_redis_prefix`: the prefix of every Redis key of the history.
     pub prefix: Option<String>,
+    /// `sse_max_message_size` (nginx's size slot, hence the UNSET marker
+    /// until [`init_main_conf`]).
+    pub max_message: usize,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            redis: None,
+            used: false,
+            history_used: false,
+            prefix: None,
+            max_message: UNSET_SIZE,
+        }
+    }
 }
 
 pub const DEFAULT_PREFIX: &str = "sse";
@@ -208,7 +225,7 @@ static mut REFUSED_MODES: [ngx_conf_enum_t; 3] = [
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 14] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     ngx_command_t {
         name: ngx_string!("sse_redis_url"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -313,6 +330,14 @@ pub static mut COMMANDS: [ngx_command_t; 14] = [
         set: Some(set_prefix),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_max_message_size"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_size_slot),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: offset_of!(MainConf, max_message),
         post: ptr::null_mut(),
     },
     ngx_command_t::empty(),
@@ -492,6 +517,9 @@ extern "C" fn set_redis_url(
 pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes the main configuration this module created.
     let main = unsafe { &mut *(conf as *mut MainConf) };
+    if main.max_message == UNSET_SIZE {
+        main.max_message = DEFAULT_MAX_MESSAGE;
+    }
     if main.redis.is_none() {
         // SAFETY: configuration time, nginx's conf context.
         match unsafe { redis_target(cf, DEFAULT_REDIS_URL) } {

@@ -5,11 +5,19 @@
 //! requests and replies matched in order).
 //!
 //! States: `Down` (waiting for the reconnect timer) → `Connecting` (TCP
-//! handshake in progress) → `Ready` (AUTH and SUBSCRIBE sent, messages
-//! flowing) → back to `Down` on any failure, with exponential backoff.
-//! Each transition is logged once, never each attempt. After a reconnect
-//! every channel of the registry is subscribed again; messages published
-//! while the connection was down are not delivered (pub/sub is at most once).
+//! handshake in progress) → `Handshake` (TCP is up; AUTH, the subscriptions
+//! and a `PING` are sent, no answer yet) → `Ready` (that PING was answered:
+//! Redis accepted us) → back to `Down` on any failure, with exponential
+//! backoff. A connection counts as up only once Redis has answered, so a
+//! server that accepts TCP and then refuses (wrong password, ACL, loading,
+//! closing at once) is a failed attempt: the backoff keeps growing and the
+//! failure is logged once, not once per attempt. After a reconnect every
+//! channel of the registry is subscribed again; messages published while the
+//! connection was down are not delivered (pub/sub is at most once).
+//!
+//! On the subscriber connection each (P)SUBSCRIBE names one key and every
+//! reply is matched to its command (`sse_core::subscriber`), so a key that
+//! Redis refuses (ACL) ends only the streams that asked for it.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
@@ -24,8 +32,8 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
 use sse_core::envelope::CONTROL_CHANNEL;
-use sse_core::registry;
-use sse_core::resp::{self, PubSubReply, Value};
+use sse_core::resp::{self, Value};
+use sse_core::subscriber::{self, Ping, Reply, Session};
 
 use crate::config::RedisTarget;
 use crate::ngx_ext::cycle_log;
@@ -40,8 +48,6 @@ const PING_INTERVAL_MS: ngx_msec_t = 15_000;
 /// Bytes read per event before yielding to the rest of the event loop.
 const READ_BUDGET: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
-/// Channels per SUBSCRIBE command when resubscribing many at once.
-const SUBSCRIBE_BATCH: usize = 512;
 
 /// What the bridge needs from the worker.
 pub trait Sink {
@@ -55,6 +61,8 @@ pub trait Sink {
     fn resubscribed(&mut self);
     /// Subscriber: Redis has processed everything sent before `PING token`.
     fn barrier(&mut self, token: u64);
+    /// Subscriber: Redis refused to subscribe `key`; its streams must end.
+    fn refused(&mut self, key: &[u8], reason: &[u8]);
     /// Commands: the connection is ready for requests.
     fn commands_ready(&mut self);
     /// Commands: the reply to a request.
@@ -89,6 +97,8 @@ pub enum RequestKind {
 enum Pending {
     /// AUTH or PING: an error means the connection is unusable.
     Internal,
+    /// The PING after the first commands: its answer makes the connection up.
+    Ready,
     /// FUNCTION LOAD of redis/sse.lua: an error is logged, not fatal.
     FunctionLoad,
     Request(Request),
@@ -136,6 +146,8 @@ pub enum RedisEvent {
 enum State {
     Down,
     Connecting,
+    /// TCP is up and the first commands are sent; Redis has not answered.
+    Handshake,
     Ready,
     Closed,
 }
@@ -147,13 +159,19 @@ pub struct RedisBridge {
     pub(crate) lost_requests: Vec<Request>,
     /// Commands: what each reply in flight answers, oldest first.
     pending: VecDeque<Pending>,
+    /// Subscriber: the commands in flight and what their replies mean.
+    session: Session,
+    /// Subscriber: keys subscribed when the connection came up, and how
+    /// many of them Redis refused (for the log line once it is up).
+    initial_keys: usize,
+    refused_keys: usize,
     /// Commands: the function library to load on connect.
     function: Option<&'static str>,
     sockaddr: *mut ngx::ffi::sockaddr,
     socklen: ngx::ffi::socklen_t,
     name: ngx_str_t,
-    /// The AUTH command, ready to send, if the URL has credentials.
-    auth: Option<Vec<u8>>,
+    /// The arguments of AUTH, if the URL has credentials.
+    auth: Option<Vec<Vec<u8>>>,
     conn: *mut ngx_connection_t,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -180,14 +198,8 @@ impl RedisBridge {
         function: Option<&'static str>,
     ) -> Option<Box<Self>> {
         let auth = target.url.password.as_ref().map(|password| {
-            let mut cmd = Vec::new();
-            match &target.url.username {
-                Some(user) => {
-                    resp::encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password.as_bytes()])
-                }
-                None => resp::encode_command(&mut cmd, &[b"AUTH", password.as_bytes()]),
-            }
-            cmd
+            let user = target.url.username.iter().map(|u| u.as_bytes().to_vec());
+            user.chain([password.as_bytes().to_vec()]).collect()
         });
         // SAFETY: the cycle log is valid for the worker's life; ngx_event_t
         // is a C struct for which all-zero is the initial state.
@@ -197,6 +209,9 @@ impl RedisBridge {
                 state: State::Down,
                 lost_requests: Vec::new(),
                 pending: VecDeque::new(),
+                session: Session::default(),
+                initial_keys: 0,
+                refused_keys: 0,
                 function,
                 sockaddr: target.sockaddr,
                 socklen: target.socklen,
@@ -246,14 +261,19 @@ impl RedisBridge {
         self.state == State::Ready
     }
 
+    /// Whether the connection is live (TCP up): commands may be written.
+    fn is_live(&self) -> bool {
+        matches!(self.state, State::Handshake | State::Ready)
+    }
+
     pub fn handle(&mut self, event: RedisEvent, ev: *mut ngx_event_t, subs: &mut dyn Sink) {
         match (event, self.state) {
             (_, State::Closed) => {}
             (RedisEvent::Start | RedisEvent::Reconnect, State::Down) => self.connect(subs),
             (RedisEvent::Writable, State::Connecting) => self.finish_connect(ev, subs),
-            (RedisEvent::Writable, State::Ready) => self.write_out(),
-            (RedisEvent::Readable, State::Ready) => self.read(ev, subs),
-            (RedisEvent::Ping, State::Ready) => self.ping(),
+            (RedisEvent::Writable, State::Handshake | State::Ready) => self.write_out(),
+            (RedisEvent::Readable, State::Handshake | State::Ready) => self.read(ev, subs),
+            (RedisEvent::Ping, State::Handshake | State::Ready) => self.ping(),
             _ => {}
         }
         if !self.lost_requests.is_empty() {
@@ -261,16 +281,13 @@ impl RedisBridge {
         }
     }
 
-    /// Subscriber: sends `PING <token>`; [`Sink::barrier`] is called with
-    /// the token once Redis has processed every command sent before it.
+    /// Subscriber: sends a barrier PING; [`Sink::barrier`] is called with
+    /// `token` once Redis has processed every command sent before it.
     pub fn barrier(&mut self, token: u64) -> bool {
         if self.state != State::Ready || self.role != Role::Subscriber {
             return false;
         }
-        resp::encode_command(
-            &mut self.wbuf,
-            &[&b"PING"[..], token.to_string().as_bytes()],
-        );
+        self.session.ping(&mut self.wbuf, Ping::Barrier(token));
         self.write_out();
         true
     }
@@ -278,36 +295,40 @@ impl RedisBridge {
     fn connect(&mut self, subs: &mut dyn Sink) {
         // SAFETY: all-zero is the initial state of ngx_peer_connection_t; the
         // address and name live in the configuration pool for the cycle.
+        let mut pc: ngx_peer_connection_t = unsafe { std::mem::zeroed() };
+        pc.sockaddr = self.sockaddr;
+        pc.socklen = self.socklen;
+        pc.name = &mut self.name;
+        pc.get = Some(ngx_event_get_peer);
+        pc.log = &mut self.quiet_log;
+        pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_INFO);
+        pc.tries = 1;
+        // SAFETY: `pc` is initialised above; nginx fills in its connection.
+        let rc = unsafe { ngx_event_connect_peer(&mut pc) };
+        if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+            let err = std::io::Error::last_os_error();
+            self.conn = pc.connection;
+            self.failed(&format!("connect() failed: {err}"));
+            return;
+        }
+        let c = pc.connection;
+        let log = cycle_log();
+        // SAFETY: on NGX_OK or NGX_AGAIN nginx returns a live connection with
+        // its two events, which this bridge now owns.
         unsafe {
-            let mut pc: ngx_peer_connection_t = std::mem::zeroed();
-            pc.sockaddr = self.sockaddr;
-            pc.socklen = self.socklen;
-            pc.name = &mut self.name;
-            pc.get = Some(ngx_event_get_peer);
-            pc.log = &mut self.quiet_log;
-            pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_INFO);
-            pc.tries = 1;
-            let rc = ngx_event_connect_peer(&mut pc);
-            if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
-                let err = std::io::Error::last_os_error();
-                self.conn = pc.connection;
-                self.failed(&format!("connect() failed: {err}"));
-                return;
-            }
-            let c = pc.connection;
-            let log = cycle_log();
             (*c).log = log;
             (*(*c).read).log = log;
             (*(*c).write).log = log;
             (*(*c).read).handler = Some(read_handler);
             (*(*c).write).handler = Some(write_handler);
             (*c).data = self.role.tag();
-            self.conn = c;
-            if rc == NGX_AGAIN as ngx_int_t {
-                self.state = State::Connecting;
-                ngx_add_timer((*c).write, CONNECT_TIMEOUT_MS);
-                return;
-            }
+        }
+        self.conn = c;
+        if rc == NGX_AGAIN as ngx_int_t {
+            self.state = State::Connecting;
+            // SAFETY: the write event of the live connection above.
+            unsafe { ngx_add_timer((*c).write, CONNECT_TIMEOUT_MS) };
+            return;
         }
         self.connected(subs);
     }
@@ -322,77 +343,76 @@ impl RedisBridge {
             if (*ev).timer_set() != 0 {
                 ngx_del_timer(ev);
             }
-            let mut err: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let rc = libc::getsockopt(
+        }
+        if let Err(err) = self.socket_error() {
+            self.failed(&format!("connect() failed: {err}"));
+            return;
+        }
+        self.connected(subs);
+    }
+
+    /// The outcome of a non-blocking connect, from `SO_ERROR`.
+    fn socket_error(&self) -> std::io::Result<()> {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the connection is live; getsockopt writes at most `len`
+        // bytes into `err`.
+        let rc = unsafe {
+            libc::getsockopt(
                 (*self.conn).fd,
                 libc::SOL_SOCKET,
                 libc::SO_ERROR,
                 &mut err as *mut libc::c_int as *mut c_void,
                 &mut len,
-            );
-            if rc == -1 || err != 0 {
-                let err = if rc == -1 {
-                    std::io::Error::last_os_error()
-                } else {
-                    std::io::Error::from_raw_os_error(err)
-                };
-                self.failed(&format!("connect() failed: {err}"));
-                return;
-            }
+            )
+        };
+        match (rc, err) {
+            (-1, _) => Err(std::io::Error::last_os_error()),
+            (_, 0) => Ok(()),
+            (_, err) => Err(std::io::Error::from_raw_os_error(err)),
         }
-        self.connected(subs);
     }
 
-    /// TCP is up: authenticate, subscribe everything the registry holds.
+    /// TCP is up: authenticate, subscribe everything the registry holds (or
+    /// load the function), then PING. The connection is up when the PING is
+    /// answered ([`RedisBridge::established`]).
     fn connected(&mut self, subs: &mut dyn Sink) {
-        self.state = State::Ready;
-        self.backoff.reset();
-        self.awaiting_pong = false;
-        self.last_error.clear();
-        let keys = if self.role == Role::Subscriber {
-            subs.keys()
-        } else {
-            Vec::new()
-        };
-        let log = cycle_log();
-        if !self.ever_connected {
-            ngx_log_error!(NGX_LOG_NOTICE, log, "sse: connected to {}", self.address());
-        } else {
-            ngx_log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                "sse: reconnected to {}, resubscribing {} channel(s) and pattern(s)",
-                self.address(),
-                keys.len()
-            );
-        }
-        self.ever_connected = true;
-        self.failure_logged = false;
+        self.state = State::Handshake;
         self.wbuf.clear();
         self.wpos = 0;
         self.pending.clear();
-        if let Some(auth) = &self.auth {
-            self.wbuf.extend_from_slice(auth);
-            self.pending.push_back(Pending::Internal);
-        }
+        self.session.reset();
+        // The handshake PING below is outstanding: no answer by the next
+        // PING tick means a server that took the connection and went silent.
+        self.awaiting_pong = true;
         // SAFETY: the ping timer is ours; the bridge outlives it.
         unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
+        let auth: Option<Vec<&[u8]>> = self
+            .auth
+            .as_ref()
+            .map(|args| args.iter().map(Vec::as_slice).collect());
         match self.role {
             Role::Subscriber => {
+                if let Some(args) = &auth {
+                    self.session.auth(&mut self.wbuf, args);
+                }
+                let keys = subs.keys();
+                self.initial_keys = keys.len();
+                self.refused_keys = 0;
                 // The control channel first: revocations must work even
                 // before (and without) any client.
-                resp::encode_command(&mut self.wbuf, &[b"SUBSCRIBE", CONTROL_CHANNEL.as_bytes()]);
-                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                for batch in keys.chunks(SUBSCRIBE_BATCH) {
-                    encode_subscriptions(&mut self.wbuf, Direction::Subscribe, batch);
-                }
-                self.write_out();
-                if self.state == State::Ready {
-                    subs.resubscribed();
-                }
+                let mut all: Vec<&[u8]> = vec![CONTROL_CHANNEL.as_bytes()];
+                all.extend(keys.iter().map(Vec::as_slice));
+                self.session.subscribe(&mut self.wbuf, &all);
+                self.session.ping(&mut self.wbuf, Ping::Ready);
             }
             Role::Commands => {
+                if let Some(args) = &auth {
+                    let mut command: Vec<&[u8]> = vec![b"AUTH"];
+                    command.extend_from_slice(args);
+                    resp::encode_command(&mut self.wbuf, &command);
+                    self.pending.push_back(Pending::Internal);
+                }
                 if let Some(code) = self.function {
                     resp::encode_command(
                         &mut self.wbuf,
@@ -400,10 +420,50 @@ impl RedisBridge {
                     );
                     self.pending.push_back(Pending::FunctionLoad);
                 }
-                self.write_out();
-                if self.state == State::Ready {
-                    subs.commands_ready();
-                }
+                resp::encode_command(&mut self.wbuf, &[b"PING"]);
+                self.pending.push_back(Pending::Ready);
+            }
+        }
+        self.write_out();
+    }
+
+    /// Redis answered the handshake: the connection is up.
+    fn established(&mut self, subs: &mut dyn Sink) {
+        self.state = State::Ready;
+        self.backoff.reset();
+        self.last_error.clear();
+        self.failure_logged = false;
+        let log = cycle_log();
+        match self.role {
+            Role::Subscriber => {
+                let refused = match self.refused_keys {
+                    0 => String::new(),
+                    n => format!(", {n} refused"),
+                };
+                let verb = if self.ever_connected {
+                    "reconnected to"
+                } else {
+                    "connected to"
+                };
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "sse: {verb} {}, resubscribed {} channel(s) and pattern(s){refused}",
+                    self.address(),
+                    self.initial_keys
+                );
+                self.ever_connected = true;
+                subs.resubscribed();
+            }
+            Role::Commands => {
+                let verb = if self.ever_connected {
+                    "reconnected to"
+                } else {
+                    "connected to"
+                };
+                ngx_log_error!(NGX_LOG_NOTICE, log, "sse: {verb} {}", self.address());
+                self.ever_connected = true;
+                subs.commands_ready();
             }
         }
     }
@@ -427,28 +487,28 @@ impl RedisBridge {
         true
     }
 
-    /// Commands: writes the requests queued with [`RedisBridge::request`].
+    /// Commands: writes the transactions queued with
+    /// [`RedisBridge::transaction`].
     pub fn send(&mut self) {
         if self.state == State::Ready {
             self.write_out();
         }
     }
 
+    /// Subscriber: subscribes new keys. Before TCP is up there is nothing to
+    /// do: the subscription on connect takes every key of the registry.
     pub fn subscribe(&mut self, keys: &[&[u8]]) {
-        self.command(Direction::Subscribe, keys);
+        if self.is_live() && self.role == Role::Subscriber {
+            self.session.subscribe(&mut self.wbuf, keys);
+            self.write_out();
+        }
     }
 
     pub fn unsubscribe(&mut self, keys: &[&[u8]]) {
-        self.command(Direction::Unsubscribe, keys);
-    }
-
-    fn command(&mut self, direction: Direction, keys: &[&[u8]]) {
-        // Not connected: the full resubscription on connect covers it.
-        if self.state != State::Ready {
-            return;
+        if self.is_live() && self.role == Role::Subscriber {
+            self.session.unsubscribe(&mut self.wbuf, keys);
+            self.write_out();
         }
-        encode_subscriptions(&mut self.wbuf, direction, keys);
-        self.write_out();
     }
 
     fn ping(&mut self) {
@@ -457,9 +517,12 @@ impl RedisBridge {
             return;
         }
         self.awaiting_pong = true;
-        resp::encode_command(&mut self.wbuf, &[b"PING"]);
-        if self.role == Role::Commands {
-            self.pending.push_back(Pending::Internal);
+        match self.role {
+            Role::Subscriber => self.session.ping(&mut self.wbuf, Ping::Keepalive),
+            Role::Commands => {
+                resp::encode_command(&mut self.wbuf, &[b"PING"]);
+                self.pending.push_back(Pending::Internal);
+            }
         }
         // SAFETY: the ping timer is ours.
         unsafe { ngx_add_timer(&mut self.ping, PING_INTERVAL_MS) };
@@ -468,180 +531,197 @@ impl RedisBridge {
 
     fn write_out(&mut self) {
         let c = self.conn;
-        // SAFETY: Ready implies a live connection; `send` writes at most the
-        // given length from our buffer.
-        unsafe {
-            while self.wpos < self.wbuf.len() {
-                let Some(send) = (*c).send else {
-                    return self.lost("connection cannot send");
-                };
-                let rest = &self.wbuf[self.wpos..];
-                let n = send(c, rest.as_ptr() as *mut u8, rest.len());
-                if n > 0 {
-                    self.wpos += n as usize;
-                } else if n == NGX_AGAIN as isize {
-                    if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
-                        self.lost("cannot wait for write");
-                    }
-                    return;
-                } else {
-                    return self.lost("send() failed");
+        while self.wpos < self.wbuf.len() {
+            // SAFETY: a live state implies a live connection.
+            let Some(send) = (unsafe { (*c).send }) else {
+                return self.lost("connection cannot send");
+            };
+            let rest = &self.wbuf[self.wpos..];
+            // SAFETY: `send` reads at most `rest.len()` bytes from `rest`.
+            let n = unsafe { send(c, rest.as_ptr() as *mut u8, rest.len()) };
+            if n > 0 {
+                self.wpos += n as usize;
+            } else if n == NGX_AGAIN as isize {
+                // SAFETY: the write event of the live connection.
+                if unsafe { ngx_handle_write_event((*c).write, 0) } != NGX_OK as ngx_int_t {
+                    self.lost("cannot wait for write");
                 }
+                return;
+            } else {
+                return self.lost("send() failed");
             }
         }
         self.wbuf.clear();
         self.wpos = 0;
+        if self.wbuf.capacity() > 4 * READ_CHUNK {
+            // A burst of subscriptions passed: give the memory back.
+            self.wbuf = Vec::new();
+        }
     }
 
     fn read(&mut self, ev: *mut ngx_event_t, subs: &mut dyn Sink) {
         let c = self.conn;
         let mut budget = READ_BUDGET;
-        // SAFETY: Ready implies a live connection; `recv` writes at most the
-        // spare capacity we pass, which we then mark initialised.
-        unsafe {
-            loop {
-                if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                    self.rbuf.reserve(READ_CHUNK);
-                }
-                let spare = self.rbuf.capacity() - self.rbuf.len();
-                let Some(recv) = (*c).recv else {
-                    return self.lost("connection cannot receive");
-                };
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            // SAFETY: a live state implies a live connection.
+            let Some(recv) = (unsafe { (*c).recv }) else {
+                return self.lost("connection cannot receive");
+            };
+            // SAFETY: `recv` writes at most `spare` bytes into the spare
+            // capacity of `rbuf`, which set_len then marks initialised.
+            let n = unsafe {
                 let n = recv(c, self.rbuf.as_mut_ptr().add(self.rbuf.len()), spare);
-                if n == NGX_AGAIN as isize {
-                    break;
+                if n > 0 {
+                    self.rbuf.set_len(self.rbuf.len() + n as usize);
                 }
-                if n == 0 {
-                    return self.lost("closed by redis");
-                }
-                if n < 0 {
-                    return self.lost("recv() failed");
-                }
-                self.rbuf.set_len(self.rbuf.len() + n as usize);
-                self.awaiting_pong = false;
-                if !self.dispatch(subs) {
-                    return;
-                }
-                budget = budget.saturating_sub(n as usize);
-                if budget == 0 && (*ev).ready() != 0 {
-                    // Let client writes and timers run; continue next turn.
-                    ngx_post_event(ev, &raw mut ngx_posted_events);
-                    return;
-                }
+                n
+            };
+            if n == NGX_AGAIN as isize {
+                break;
             }
-            if ngx_handle_read_event(ev, 0) != NGX_OK as ngx_int_t {
-                self.lost("cannot wait for read");
+            if n == 0 {
+                return self.lost("closed by redis");
             }
+            if n < 0 {
+                return self.lost("recv() failed");
+            }
+            self.awaiting_pong = false;
+            if !self.dispatch(subs) {
+                return;
+            }
+            budget = budget.saturating_sub(n as usize);
+            // SAFETY: `ev` is the read event of the live connection.
+            if budget == 0 && unsafe { (*ev).ready() } != 0 {
+                // Let client writes and timers run; continue next turn.
+                // SAFETY: as above; nginx's posted queue outlives the event.
+                unsafe { ngx_post_event(ev, &raw mut ngx_posted_events) };
+                return;
+            }
+        }
+        // SAFETY: as above.
+        if unsafe { ngx_handle_read_event(ev, 0) } != NGX_OK as ngx_int_t {
+            self.lost("cannot wait for read");
         }
     }
 
     /// Handles every complete reply in the read buffer. Returns false if the
     /// connection was dropped.
     fn dispatch(&mut self, subs: &mut dyn Sink) -> bool {
+        // Replies borrow from the buffer while the handlers below use the
+        // bridge: take the buffer out meanwhile.
+        let mut buf = std::mem::take(&mut self.rbuf);
         let mut used = 0;
-        let mut fatal: Option<Vec<u8>> = None;
-        loop {
-            let value = match resp::parse(&self.rbuf[used..]) {
+        let alive = loop {
+            let value = match resp::parse(&buf[used..]) {
                 Ok(Some((value, n))) => {
                     used += n;
                     value
                 }
-                Ok(None) => break,
+                Ok(None) => break true,
                 Err(e) => {
-                    let reason = e.to_string();
-                    self.lost(&reason);
-                    return false;
+                    self.lost(&e.to_string());
+                    break false;
                 }
             };
-            if self.role == Role::Commands {
-                // Replies come in the order of the requests.
-                match (self.pending.pop_front(), &value) {
-                    (Some(Pending::Request(request)), _) => subs.reply(request, &value),
-                    (Some(Pending::FunctionLoad), Value::Error(msg)) => {
-                        if self.last_error != *msg {
-                            ngx_log_error!(
-                                NGX_LOG_WARN,
-                                cycle_log(),
-                                "sse: {} refused to load the sse_publish function (\"{}\"); load redis/sse.lua yourself",
-                                self.address(),
-                                String::from_utf8_lossy(msg)
-                            );
-                            self.last_error = msg.to_vec();
-                        }
-                    }
-                    (Some(Pending::Internal), Value::Error(msg)) => {
-                        fatal = Some(msg.to_vec());
-                        break;
-                    }
-                    (Some(_), _) => {}
-                    (None, _) => {
-                        fatal = Some(b"a reply to no request".to_vec());
-                        break;
-                    }
-                }
-                continue;
+            let outcome = match self.role {
+                Role::Commands => self.on_command_reply(&value, subs),
+                Role::Subscriber => self.on_pubsub_reply(&value, subs),
+            };
+            if let Err(reason) = outcome {
+                self.error_reply(&reason);
+                break false;
             }
-            match resp::pubsub_reply(&value) {
-                Ok(PubSubReply::Message {
-                    subscription,
-                    channel,
-                    payload,
-                }) => subs.message(subscription, channel, payload),
-                Ok(PubSubReply::Pong(token)) => {
-                    if let Some(token) = sse_core::envelope::parse_id(token) {
-                        subs.barrier(token);
-                    }
-                }
-                Ok(PubSubReply::Error(msg)) => {
-                    let msg = msg.to_vec();
-                    self.error_reply(&msg);
-                    return false;
-                }
-                Ok(_) => {}
-                Err(e) => {
+        };
+        if alive {
+            buf.drain(..used);
+        } else {
+            buf.clear();
+        }
+        if buf.capacity() > 4 * READ_CHUNK && buf.len() < READ_CHUNK {
+            // A huge reply or message passed: give the memory back.
+            buf.shrink_to(READ_CHUNK);
+        }
+        self.rbuf = buf;
+        alive
+    }
+
+    /// Commands: replies come in the order of the requests.
+    fn on_command_reply(&mut self, value: &Value<'_>, subs: &mut dyn Sink) -> Result<(), String> {
+        match (self.pending.pop_front(), value) {
+            (Some(Pending::Request(request)), _) => subs.reply(request, value),
+            (Some(Pending::FunctionLoad), Value::Error(msg)) => {
+                if self.last_error != *msg {
                     ngx_log_error!(
                         NGX_LOG_WARN,
                         cycle_log(),
-                        "sse: {}: skipped: {}",
+                        "sse: {} refused to load the sse_publish function (\"{}\"); load redis/sse.lua yourself",
                         self.address(),
-                        e
+                        String::from_utf8_lossy(msg)
                     );
+                    self.last_error = msg.to_vec();
                 }
             }
+            (Some(Pending::Internal | Pending::Ready), Value::Error(msg)) => {
+                return Err(format!("answered \"{}\"", String::from_utf8_lossy(msg)));
+            }
+            (Some(Pending::Ready), _) => self.established(subs),
+            (Some(_), _) => {}
+            (None, _) => return Err("sent a reply to no request".into()),
         }
-        if let Some(msg) = fatal {
-            self.error_reply(&msg);
-            return false;
-        }
-        self.rbuf.drain(..used);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
-            // A huge message passed: give the memory back.
-            self.rbuf = Vec::with_capacity(READ_CHUNK);
-        }
-        true
+        Ok(())
     }
 
-    /// Redis refused a command (wrong password, ...): log each distinct
-    /// answer once and start over with backoff.
-    fn error_reply(&mut self, msg: &[u8]) {
-        if self.last_error != msg {
+    fn on_pubsub_reply(&mut self, value: &Value<'_>, subs: &mut dyn Sink) -> Result<(), String> {
+        match self.session.reply(value) {
+            Ok(Reply::Message {
+                subscription,
+                channel,
+                payload,
+            }) => subs.message(subscription, channel, payload),
+            Ok(Reply::Done) => {}
+            Ok(Reply::Refused { key, reason }) => {
+                if self.state == State::Handshake {
+                    self.refused_keys += 1;
+                }
+                subs.refused(&key, reason);
+            }
+            Ok(Reply::Pong(Ping::Ready)) => self.established(subs),
+            Ok(Reply::Pong(Ping::Barrier(token))) => subs.barrier(token),
+            Ok(Reply::Pong(Ping::Keepalive)) => {}
+            Err(fatal) => return Err(fatal_reason(&fatal)),
+        }
+        Ok(())
+    }
+
+    /// Redis refused us or answered nonsense: log each distinct reason once
+    /// (across attempts) and start over with backoff.
+    fn error_reply(&mut self, reason: &str) {
+        if self.last_error != reason.as_bytes() {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 cycle_log(),
-                "sse: {} answered \"{}\"; reconnecting",
+                "sse: {} {}; retrying with backoff",
                 self.address(),
-                String::from_utf8_lossy(msg)
+                reason
             );
-            self.last_error = msg.to_vec();
+            self.last_error = reason.as_bytes().to_vec();
         }
         self.failure_logged = true;
         self.drop_connection();
         self.schedule_reconnect();
     }
 
-    /// A working connection broke.
+    /// The connection broke: a working one is lost; one that Redis never
+    /// answered is a failed attempt.
     fn lost(&mut self, reason: &str) {
-        if self.state == State::Ready && !self.failure_logged {
+        if self.state != State::Ready {
+            return self.failed(reason);
+        }
+        if !self.failure_logged {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 cycle_log(),
@@ -718,28 +798,11 @@ impl RedisBridge {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Subscribe,
-    Unsubscribe,
-}
-
-/// (P)SUBSCRIBE / (P)UNSUBSCRIBE commands for registry keys: keys with `*`
-/// are pattern globs.
-fn encode_subscriptions(out: &mut Vec<u8>, direction: Direction, keys: &[&[u8]]) {
-    let (channels, patterns): (Vec<&[u8]>, Vec<&[u8]>) =
-        keys.iter().partition(|k| !registry::is_pattern_key(k));
-    let names: [&[u8]; 2] = match direction {
-        Direction::Subscribe => [b"SUBSCRIBE", b"PSUBSCRIBE"],
-        Direction::Unsubscribe => [b"UNSUBSCRIBE", b"PUNSUBSCRIBE"],
-    };
-    for (name, keys) in names.into_iter().zip([channels, patterns]) {
-        if !keys.is_empty() {
-            let mut args = Vec::with_capacity(keys.len() + 1);
-            args.push(name);
-            args.extend(keys);
-            resp::encode_command(out, &args);
-        }
+/// The log text of a fatal reply on the subscriber connection.
+fn fatal_reason(fatal: &subscriber::Fatal) -> String {
+    match fatal {
+        subscriber::Fatal::AuthRefused(_) => format!("refused us: {fatal}"),
+        _ => format!("answered wrongly: {fatal}"),
     }
 }
 

@@ -577,6 +577,32 @@ impl Stream {
         self.user.as_deref()
     }
 
+    /// The subscription (as the client wrote it) whose Redis key is `key`.
+    pub fn subscription_for_key(&self, key: &[u8]) -> Option<&[u8]> {
+        let i = self.keys.iter().position(|k| **k == *key)?;
+        Some(self.subscriptions[i].as_bytes())
+    }
+
+    /// Sends `event` as the stream's last event and ends it cleanly.
+    ///
+    /// # Safety
+    /// `this` must be live; it may be freed when this returns.
+    pub unsafe fn end_with(this: StreamKey, event: Frame) {
+        // SAFETY: the caller guarantees `this` is live.
+        unsafe {
+            let s = &mut *this.as_ptr();
+            if s.state == State::Open {
+                s.pending_bytes += event.bytes().len();
+                s.queue.push_back(event);
+            }
+            let c = s.request_connection();
+            Stream::finish(this, true);
+            if let Some(c) = c {
+                ngx_http_run_posted_requests(c);
+            }
+        }
+    }
+
     /// Queues a frame; no I/O happens until [`Stream::flush`]. A client that
     /// would owe more than `sse_max_backlog` is marked for closing; one that
     /// owes nothing always gets the frame, however large (it is not slow).
@@ -651,39 +677,7 @@ impl Stream {
     unsafe fn flush_request(this: StreamKey, r: *mut ngx_http_request_t) {
         // SAFETY: live stream and request (caller's contract).
         unsafe {
-            let s = &mut *this.as_ptr();
-            let mut out: *mut ngx_chain_t = ptr::null_mut();
-            let mut last: *mut *mut ngx_chain_t = &mut out;
-            let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
-            while let Some(frame) = s.queue.pop_front() {
-                let cl = ngx_chain_get_free_buf((*r).pool, &mut s.free);
-                if cl.is_null() {
-                    Stream::finish(this, false);
-                    return;
-                }
-                let b = (*cl).buf;
-                // Recycled buffers keep old flags: start from a clean one.
-                ptr::write_bytes(b, 0, 1);
-                let bytes = frame.bytes();
-                (*b).start = bytes.as_ptr() as *mut u8;
-                (*b).pos = (*b).start;
-                (*b).last = (*b).start.add(bytes.len());
-                (*b).end = (*b).last;
-                (*b).set_memory(1);
-                (*b).tag = buf_tag();
-                *last = cl;
-                last = &mut (*cl).next;
-                last_buf = b;
-                s.in_flight.push_back(frame);
-            }
-            if !last_buf.is_null() {
-                // Bypass postpone_output: events must leave now.
-                (*last_buf).set_flush(1);
-            }
-
-            let rc = ngx_http_output_filter(r, out);
-            ngx_chain_update_chains((*r).pool, &mut s.free, &mut s.busy, &mut out, buf_tag());
-            s.release_sent();
+            let rc = (*this.as_ptr()).send_queue(r);
             if rc == NGX_ERROR as ngx_int_t {
                 Stream::finish(this, false);
                 return;
@@ -697,6 +691,60 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Hands the queued frames to nginx's output filters (request
+    /// transport) and releases the frames already sent.
+    unsafe fn send_queue(&mut self, r: *mut ngx_http_request_t) -> ngx_int_t {
+        let mut out: *mut ngx_chain_t = ptr::null_mut();
+        let mut last: *mut *mut ngx_chain_t = &mut out;
+        let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
+        while let Some(frame) = self.queue.pop_front() {
+            // SAFETY: `r` is live (caller's contract); its pool outlives
+            // the chain links taken from it.
+            let cl = unsafe { ngx_chain_get_free_buf((*r).pool, &mut self.free) };
+            if cl.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            let bytes = frame.bytes();
+            // SAFETY: `cl` is a valid link with a buffer; the buffer points
+            // into `frame`, which `in_flight` keeps alive until nginx is done
+            // with it (release_sent).
+            unsafe {
+                let b = (*cl).buf;
+                // Recycled buffers keep old flags: start from a clean one.
+                ptr::write_bytes(b, 0, 1);
+                (*b).start = bytes.as_ptr() as *mut u8;
+                (*b).pos = (*b).start;
+                (*b).last = (*b).start.add(bytes.len());
+                (*b).end = (*b).last;
+                (*b).set_memory(1);
+                (*b).tag = buf_tag();
+                *last = cl;
+                last = &mut (*cl).next;
+                last_buf = b;
+            }
+            self.in_flight.push_back(frame);
+        }
+        if !last_buf.is_null() {
+            // Bypass postpone_output: events must leave now.
+            // SAFETY: the last buffer of the chain built above.
+            unsafe { (*last_buf).set_flush(1) };
+        }
+        // SAFETY: `r` is live and `out` is a well-formed chain of our buffers.
+        let rc = unsafe {
+            let rc = ngx_http_output_filter(r, out);
+            ngx_chain_update_chains(
+                (*r).pool,
+                &mut self.free,
+                &mut self.busy,
+                &mut out,
+                buf_tag(),
+            );
+            rc
+        };
+        self.release_sent();
+        rc
     }
 
     /// Drops the frames whose buffers nginx has sent. Buffers are sent in
@@ -736,6 +784,8 @@ impl Stream {
             if s.state == State::Finished {
                 return;
             }
+            // A clean end sends what is queued (a last event) first.
+            let send_queue = clean && s.state == State::Open && !s.queue.is_empty();
             s.state = State::Finished;
             worker::unregister(this, &s.keys);
             if s.heartbeat.timer_set() != 0 {
@@ -744,6 +794,9 @@ impl Stream {
             match &mut s.transport {
                 Transport::Request(r) => {
                     let r = *r;
+                    if send_queue {
+                        (*this.as_ptr()).send_queue(r);
+                    }
                     let rc = if clean {
                         ngx_http_send_special(r, NGX_HTTP_LAST as usize)
                     } else {
@@ -752,6 +805,10 @@ impl Stream {
                     ngx_http_finalize_request(r, rc);
                 }
                 Transport::Direct(direct) => {
+                    if send_queue {
+                        let total: usize = s.queue.iter().map(|f| f.bytes().len()).sum();
+                        direct.push(s.queue.drain(..), total);
+                    }
                     let end_pending = clean && {
                         direct.push_end();
                         matches!(direct.write(), Written::Some(_)) && !direct.is_empty()

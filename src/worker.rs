@@ -18,7 +18,8 @@ use std::rc::Rc;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
+    ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
@@ -31,11 +32,14 @@ use sse_core::resp::Value;
 use crate::history::Phase;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{RedisBridge, RedisEvent, Request, RequestKind, Role, Sink};
-use crate::stream::{Frame, Stream, StreamKey};
+use crate::stream::{Frame, Stream, StreamKey, REFUSED_EVENT};
 use crate::SseModule;
 
 /// The `sse_publish` function library, loaded by the commands connection.
 const PUBLISH_FUNCTION: &str = include_str!("../redis/sse.lua");
+
+/// What the scratch buffer keeps between batches.
+const SCRATCH_KEEP: usize = 64 * 1024;
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
@@ -51,6 +55,8 @@ struct Worker {
     commands: Option<Box<RedisBridge>>,
     /// `sse_redis_prefix`.
     prefix: String,
+    /// `sse_max_message_size`: larger messages are skipped.
+    max_message: usize,
     /// The last barrier token sent on the subscriber connection.
     barrier_token: u64,
     /// Streams that received frames in the current batch, to flush once each.
@@ -138,6 +144,9 @@ struct Effects {
     fetch: Vec<u64>,
     /// Streams to end cleanly (revocation).
     revoked: Vec<StreamKey>,
+    /// Streams to end because Redis refused one of their subscriptions,
+    /// with the `sse-refused` event that tells them which.
+    refused: Vec<(StreamKey, Frame)>,
 }
 
 /// The worker as the Redis bridges see it while they handle an event.
@@ -150,6 +159,8 @@ struct WorkerSink<'a> {
     effects: &'a mut Effects,
     /// `sse_redis_prefix`: events whose id another prefix issued are not ours.
     prefix: &'a [u8],
+    /// `sse_max_message_size`.
+    max_message: usize,
 }
 
 impl WorkerSink<'_> {
@@ -211,6 +222,17 @@ impl Sink for WorkerSink<'_> {
             // Unsubscribed a moment ago; Redis had already sent it.
             return;
         }
+        if payload.len() > self.max_message {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle_log(),
+                "sse: skipped a message of {} bytes on \"{}\": larger than sse_max_message_size {}",
+                payload.len(),
+                String::from_utf8_lossy(channel).escape_debug(),
+                self.max_message
+            );
+            return;
+        }
         let envelope = match envelope::parse(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -252,6 +274,28 @@ impl Sink for WorkerSink<'_> {
             if !s.dirty {
                 s.dirty = true;
                 self.dirty.push(key);
+            }
+        }
+    }
+
+    fn refused(&mut self, key: &[u8], reason: &[u8]) {
+        let subscribers = self.registry.subscribers(key);
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            cycle_log(),
+            "sse: redis refused to subscribe to \"{}\" (\"{}\"); ending the {} stream(s) that asked for it",
+            String::from_utf8_lossy(key).escape_debug(),
+            String::from_utf8_lossy(reason).escape_debug(),
+            subscribers.len()
+        );
+        for &stream in subscribers {
+            // SAFETY: registered streams are live; no nginx code runs here.
+            let s = unsafe { &*stream.as_ptr() };
+            if let Some(name) = s.subscription_for_key(key) {
+                self.scratch.clear();
+                frame::encode_event(self.scratch, Some(REFUSED_EVENT), None, name);
+                let event = Frame::Shared(Rc::from(&self.scratch[..]));
+                self.effects.refused.push((stream, event));
             }
         }
     }
@@ -340,7 +384,7 @@ impl Sink for WorkerSink<'_> {
 
 /// Entry point of every Redis event handler.
 pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
-    let Some((batch, revoked)) = with(|w| {
+    let Some((batch, revoked, refused)) = with(|w| {
         let mut effects = Effects::default();
         {
             let Worker {
@@ -352,6 +396,7 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 scratch,
                 barrier_token,
                 prefix,
+                max_message,
                 ..
             } = &mut *w;
             let mut sink = WorkerSink {
@@ -362,6 +407,7 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 next_token: *barrier_token + 1,
                 effects: &mut effects,
                 prefix: prefix.as_bytes(),
+                max_message: *max_message,
             };
             let bridge = match role {
                 Role::Subscriber => Some(subscriber),
@@ -372,11 +418,21 @@ pub fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
             }
         }
         w.apply(&mut effects);
-        (mem::take(&mut w.dirty), mem::take(&mut effects.revoked))
+        w.shrink_scratch();
+        (
+            mem::take(&mut w.dirty),
+            mem::take(&mut effects.revoked),
+            mem::take(&mut effects.refused),
+        )
     }) else {
         return;
     };
     flush_all(batch);
+    for (key, event) in refused {
+        // SAFETY: the streams were registered (live) when listed; ending one
+        // frees at most that one, and a stream is listed once per key.
+        unsafe { Stream::end_with(key, event) };
+    }
     if !revoked.is_empty() {
         let mut users: Vec<String> = revoked
             .iter()
@@ -499,9 +555,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             subscriber,
             commands,
             prefix: main.prefix().to_string(),
+            max_message: main.max_message,
             barrier_token: 0,
             dirty: Vec::new(),
-            scratch: Vec::with_capacity(4096),
+            scratch: Vec::with_capacity(SCRATCH_KEEP),
             shutdown_watch,
             exiting: false,
         })
@@ -552,6 +609,14 @@ unsafe extern "C" fn shutdown_handler(_ev: *mut ngx_event_t) {
 }
 
 impl Worker {
+    /// The scratch buffer grows to the largest message formatted; after a
+    /// large one, give the memory back instead of holding it for good.
+    fn shrink_scratch(&mut self) {
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::with_capacity(SCRATCH_KEEP);
+        }
+    }
+
     fn close_redis(&mut self) {
         self.subscriber.close();
         if let Some(commands) = self.commands.as_mut() {
