@@ -188,6 +188,37 @@ pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory>) -> Plan {
     }
 }
 
+/// Keeps the newest events of a replay that fit in `budget` bytes, as
+/// `size` measures them (the newest one always fits: a client that owes
+/// nothing gets at least one event). Returns the kept events, still in id
+/// order, and the channels whose older events were cut: those are reported
+/// as a gap, so a client that resumes after a long absence gets the latest
+/// events and a notice to refetch, instead of a replay without bound.
+pub fn newest_within<F>(
+    events: Vec<(usize, Entry)>,
+    budget: usize,
+    size: F,
+) -> (Vec<(usize, Entry)>, Vec<usize>)
+where
+    F: Fn(usize, &Entry) -> usize,
+{
+    let mut total = 0;
+    let mut first_kept = events.len();
+    for (i, (channel, entry)) in events.iter().enumerate().rev() {
+        total += size(*channel, entry);
+        if total > budget && first_kept < events.len() {
+            break;
+        }
+        first_kept = i;
+    }
+    let mut events = events;
+    let kept = events.split_off(first_kept);
+    let mut cut: Vec<usize> = events.iter().map(|(channel, _)| *channel).collect();
+    cut.sort_unstable();
+    cut.dedup();
+    (kept, cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +357,23 @@ mod tests {
         assert!(parse_entries(&v).is_err());
         let (v, _) = resp::parse(b"*0\r\n").unwrap().unwrap();
         assert_eq!(parse_entries(&v), Ok(vec![]));
+    }
+
+    #[test]
+    fn replay_keeps_the_newest_within_budget_and_reports_the_cut() {
+        let events = vec![(0, e(1, 0)), (1, e(2, 0)), (0, e(3, 1)), (2, e(4, 0))];
+        let size = |_: usize, _: &Entry| 10;
+        let (kept, cut) = newest_within(events.clone(), 25, size);
+        assert_eq!(kept.iter().map(|(_, e)| e.id).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(cut, [0, 1]);
+        let (kept, cut) = newest_within(events.clone(), 1000, size);
+        assert_eq!(kept.len(), 4);
+        assert!(cut.is_empty());
+        // The newest event is kept even if it alone exceeds the budget.
+        let (kept, cut) = newest_within(events, 5, size);
+        assert_eq!(kept.iter().map(|(_, e)| e.id).collect::<Vec<_>>(), [4]);
+        assert_eq!(cut, [0, 1]);
+        let (kept, cut) = newest_within(Vec::new(), 5, size);
+        assert!(kept.is_empty() && cut.is_empty());
     }
 }
