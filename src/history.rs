@@ -131,11 +131,13 @@ impl History {
                 Resume::After(since) => {
                     out.push((
                         RequestKind::Range(i),
+                        // Newest first: if COUNT cuts, the oldest go, and
+                        // the gap check (first entry's `p`) reports it.
                         vec![
-                            b"XRANGE".to_vec(),
+                            b"XREVRANGE".to_vec(),
                             key,
-                            format!("({since}-0").into_bytes(),
                             b"+".to_vec(),
+                            format!("({since}-0").into_bytes(),
                             b"COUNT".to_vec(),
                             MAX_REPLAY.to_string().into_bytes(),
                         ],
@@ -224,8 +226,17 @@ impl History {
     }
 
     /// All replies are in: the frames to send, in order (gap notice, replay,
-    /// then held live events that are not duplicates).
-    pub fn complete(&mut self, user: Option<&[u8]>, scratch: &mut Vec<u8>) -> Vec<Frame> {
+    /// then held live events that are not duplicates). The replay keeps its
+    /// newest events within `budget` bytes (`sse_max_backlog`); channels
+    /// whose older events were cut are announced in the gap notice. Entries
+    /// larger than `max_message` are skipped, as live messages are.
+    pub fn complete(
+        &mut self,
+        user: Option<&[u8]>,
+        scratch: &mut Vec<u8>,
+        budget: usize,
+        max_message: usize,
+    ) -> Vec<Frame> {
         let seq = self.seq.unwrap_or(0);
         let results = std::mem::take(&mut self.results);
         let (plan, gaps_everywhere) = match self.resume {
@@ -244,23 +255,37 @@ impl History {
                 gaps.push(i);
             }
         }
+
+        // Events are in id order; ids up to the newest are settled for this
+        // stream whether it may see them or not.
+        let sent_before = self.last_id;
+        if let Some((_, newest)) = events.last() {
+            self.last_id = self.last_id.max(newest.id);
+        }
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(_, e)| e.id > sent_before && e.data.len() <= max_message && e.admits(user))
+            .collect();
+        let channels = &self.channels;
+        let (events, cut) = history::newest_within(events, budget, |i, e| {
+            // What the frame takes on the wire, near enough.
+            e.data.len() + channels[i].len() + 32
+        });
+        for i in cut {
+            if !gaps.contains(&i) {
+                gaps.push(i);
+            }
+        }
         gaps.sort_unstable();
 
         let mut out = Vec::with_capacity(events.len() + self.held.len() + 1);
-        if !gaps.is_empty() || gaps_everywhere {
+        if !gaps.is_empty() {
             let names: Vec<&[u8]> = gaps.iter().map(|&i| &*self.channels[i]).collect();
             scratch.clear();
             frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
             out.push(Frame::Shared(scratch.as_slice().into()));
         }
         for (i, entry) in events {
-            if entry.id <= self.last_id {
-                continue;
-            }
-            self.last_id = entry.id;
-            if !entry.admits(user) {
-                continue;
-            }
             scratch.clear();
             let id = entry.id.to_string();
             frame::encode_event(

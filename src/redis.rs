@@ -642,8 +642,11 @@ impl RedisBridge {
             buf.clear();
         }
         if buf.capacity() > 4 * READ_CHUNK && buf.len() < READ_CHUNK {
-            // A huge reply or message passed: give the memory back.
+            // A huge reply or message passed: give the memory back, and the
+            // heap pages its parsing freed (a replay's entries are many small
+            // allocations that the allocator would otherwise keep).
             buf.shrink_to(READ_CHUNK);
+            release_free_memory();
         }
         self.rbuf = buf;
         alive
@@ -795,6 +798,16 @@ impl RedisBridge {
                 ngx_del_timer(&mut self.reconnect);
             }
         }
+    }
+}
+
+/// Returns the allocator's free pages to the system (glibc keeps freed
+/// memory in its arenas; after a burst that is hundreds of MB of RSS).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -528,16 +528,17 @@ impl Stream {
     }
 
     /// The history reads are in: queue the replay and the held events.
-    /// Replayed events are bounded by the history's retention, not by
-    /// `sse_max_backlog`.
-    pub fn finish_replay(&mut self, scratch: &mut Vec<u8>) {
+    /// The replay keeps its newest events within `sse_max_backlog` (older
+    /// ones are announced as a gap), so a client that resumes from far back
+    /// cannot make the worker hold its whole history.
+    pub fn finish_replay(&mut self, scratch: &mut Vec<u8>, max_message: usize) {
         let Some(history) = &mut self.history else {
             return;
         };
         let held: usize = history.held_frames().map(|f| f.bytes().len()).sum();
         self.pending_bytes = self.pending_bytes.saturating_sub(held);
         let user = self.user.as_deref();
-        let frames = history.complete(user, scratch);
+        let frames = history.complete(user, scratch, self.max_backlog, max_message);
         if self.state != State::Open {
             return;
         }

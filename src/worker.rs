@@ -363,7 +363,7 @@ impl Sink for WorkerSink<'_> {
             );
         }
         if done {
-            s.finish_replay(self.scratch);
+            s.finish_replay(self.scratch, self.max_message);
             self.mark_dirty(key);
         }
     }
