@@ -117,6 +117,224 @@ fn parse_at(
     }
 }
 
+/// Finds where the value at the start of a growing buffer ends, remembering
+/// how far it got, so that a reply arriving in many reads costs one pass.
+///
+/// [`parse`] starts over from the first byte on every call: fed the buffer
+/// after every socket read, a large reply (say a long XRANGE) is re-parsed
+/// once per read, which is quadratic in its size. A `Scanner` instead keeps
+/// its position and the element counts of the arrays open there, and each
+/// call looks only at the bytes that arrived since the previous one (bulk
+/// payloads are skipped over, not read). Once it reports the value's length,
+/// one [`parse`] of exactly those bytes builds the [`Value`]:
+///
+/// ```
+/// use sse_core::resp::{parse, Scanner};
+///
+/// let reply = b"*2\r\n$5\r\nhello\r\n:7\r\n:8\r\n";
+/// let mut scanner = Scanner::new();
+/// let mut buf = Vec::new();
+/// let mut len = None;
+/// for piece in reply.chunks(3) {
+///     buf.extend_from_slice(piece); // a socket read
+///     len = scanner.scan(&buf).unwrap();
+///     if len.is_some() {
+///         break;
+///     }
+/// }
+/// let len = len.unwrap();
+/// let (value, used) = parse(&buf[..len]).unwrap().unwrap();
+/// assert_eq!(used, len);
+/// assert_eq!(value.as_bytes(), None); // the array
+/// // What follows is the start of the next value: the caller drains the
+/// // first `len` bytes and goes on scanning.
+/// assert!(b":8\r\n".starts_with(&buf[len..]));
+/// ```
+///
+/// Contract: between two calls the buffer may only grow at its end; its
+/// first byte is the first byte of the value being scanned. When the caller
+/// consumes a value (or drops its buffer), the next call must get a buffer
+/// that starts at the next value. [`Scanner::scan`] resets the scanner
+/// itself when it returns a length or an error; [`Scanner::reset`] is for a
+/// caller that throws its buffer away (reconnection). A buffer shorter than
+/// at the previous call is taken as a new one and scanned from the start.
+///
+/// The result of each call is the one [`parse`] would give on the same
+/// buffer: `Some(len)` where it gives `Some((_, len))`, `None` where it
+/// gives `None`, and the same error (same limits: nesting, bulk and array
+/// lengths, header line length, malformed lines).
+#[derive(Debug, Clone, Default)]
+pub struct Scanner {
+    /// Start of the item being scanned (its type byte).
+    pos: usize,
+    /// Bytes after the type byte already searched for the CRLF that ends the
+    /// item's header line.
+    searched: usize,
+    /// Set once a bulk string's header is read: where its payload ends
+    /// (the CRLF is expected there).
+    bulk_end: Option<usize>,
+    /// Elements still expected by each array open at `pos`, innermost last;
+    /// its length is the depth of the item at `pos`.
+    remaining: Vec<usize>,
+    /// Length of the buffer at the previous call.
+    seen: usize,
+    /// Bytes examined since the scanner was created (linearity test).
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl Scanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets any partly scanned value: the next call scans its buffer from
+    /// the first byte.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.searched = 0;
+        self.bulk_end = None;
+        self.remaining.clear();
+        self.seen = 0;
+    }
+
+    /// Returns `Some(len)` when `buf` starts with one complete value of `len`
+    /// bytes (the scanner is then reset, ready for the next value), `None`
+    /// if more bytes are needed. See the type's documentation for the
+    /// contract on `buf`.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if buf.len() < self.seen {
+            self.reset();
+        }
+        self.seen = buf.len();
+        let result = self.advance(buf);
+        if !matches!(result, Ok(None)) {
+            self.reset();
+        }
+        result
+    }
+
+    /// The steps of [`parse_at`], in the same order, one item at a time.
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        loop {
+            let end = match self.bulk_end {
+                Some(end) => {
+                    let Some(terminator) = buf.get(end..end + 2) else {
+                        return Ok(None);
+                    };
+                    self.count(2);
+                    if terminator != b"\r\n" {
+                        return Err(ProtocolError("bulk string not terminated by CRLF"));
+                    }
+                    self.bulk_end = None;
+                    end + 2
+                }
+                None => {
+                    if self.remaining.len() > MAX_DEPTH {
+                        return Err(ProtocolError("nesting too deep"));
+                    }
+                    let Some(&kind) = buf.get(self.pos) else {
+                        return Ok(None);
+                    };
+                    let Some((line, after)) = self.line(buf)? else {
+                        return Ok(None);
+                    };
+                    match kind {
+                        b'+' | b'-' => after,
+                        b':' => {
+                            parse_int(line)?;
+                            after
+                        }
+                        b'$' => {
+                            let len = parse_int(line)?;
+                            if len == -1 {
+                                after
+                            } else {
+                                let len = usize::try_from(len)
+                                    .map_err(|_| ProtocolError("negative bulk length"))?;
+                                if len > MAX_BULK_LEN {
+                                    return Err(ProtocolError("bulk string too long"));
+                                }
+                                self.bulk_end = Some(after + len);
+                                continue;
+                            }
+                        }
+                        b'*' => {
+                            let len = parse_int(line)?;
+                            if len == -1 {
+                                after
+                            } else {
+                                let len = usize::try_from(len)
+                                    .map_err(|_| ProtocolError("negative array length"))?;
+                                if len > MAX_ARRAY_LEN {
+                                    return Err(ProtocolError("array too long"));
+                                }
+                                if len == 0 {
+                                    after
+                                } else {
+                                    self.remaining.push(len);
+                                    self.pos = after;
+                                    self.searched = 0;
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => return Err(ProtocolError("unknown type byte")),
+                    }
+                }
+            };
+            // An item ends at `end`: so may the arrays it completes.
+            self.pos = end;
+            self.searched = 0;
+            loop {
+                let Some(left) = self.remaining.last_mut() else {
+                    return Ok(Some(end));
+                };
+                *left -= 1;
+                if *left > 0 {
+                    break;
+                }
+                self.remaining.pop();
+            }
+        }
+    }
+
+    /// [`line_at`] for the header of the item at `pos`, resuming the search
+    /// for its CRLF where the previous call stopped.
+    fn line<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(&'b [u8], usize)>, ProtocolError> {
+        let start = self.pos + 1;
+        let rest = buf.get(start..).unwrap_or_default();
+        let from = self.searched.min(rest.len());
+        let found = rest[from..].windows(2).position(|w| w == b"\r\n");
+        match found {
+            Some(i) => {
+                self.count(i + 2);
+                let end = from + i;
+                Ok(Some((&rest[..end], start + end + 2)))
+            }
+            None => {
+                self.count(rest.len() - from);
+                // A CR in the last byte may yet be followed by its LF.
+                self.searched = rest.len().saturating_sub(1);
+                if rest.len() > MAX_LINE {
+                    Err(ProtocolError("line too long"))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&mut self, bytes: usize) {
+        self.examined += bytes;
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn count(&mut self, _bytes: usize) {}
+}
+
 /// Longest header line we wait for before calling the stream broken.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -351,6 +569,157 @@ mod tests {
             let (v, _) = parse(raw).unwrap().unwrap();
             assert!(pubsub_reply(&v).is_err(), "{raw:?}");
         }
+    }
+
+    /// Feeds `stream` to a scanner in the given pieces, as socket reads
+    /// would arrive, and checks each answer against `parse` of the same
+    /// buffer. Returns the lengths of the values found, in order.
+    fn scan_in_pieces(stream: &[u8], cuts: &[usize]) -> Vec<usize> {
+        let mut scanner = Scanner::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut found = Vec::new();
+        let mut last = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+            buf.extend_from_slice(&stream[last..cut]);
+            last = cut;
+            loop {
+                let scanned = scanner.scan(&buf);
+                let parsed = parse(&buf).map(|v| v.map(|(_, used)| used));
+                assert_eq!(scanned, parsed, "buffer {buf:?}");
+                match scanned {
+                    Ok(Some(len)) => {
+                        found.push(len);
+                        buf.drain(..len);
+                    }
+                    Ok(None) => break,
+                    Err(_) => return found,
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn scanner_finds_each_value_byte_by_byte() {
+        let stream: &[u8] = b"*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$12\r\nhello\r\nworld\r\n\
+            :1\r\n+OK\r\n-ERR x\r\n$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n\
+            *2\r\n*2\r\n:1\r\n*0\r\n*1\r\n$2\r\n\r\n\r\n";
+        let whole = scan_in_pieces(stream, &[]);
+        assert_eq!(whole, [46, 4, 5, 8, 5, 5, 4, 6, 28]);
+        let every: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(scan_in_pieces(stream, &every), whole);
+        for step in 2..9 {
+            let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
+            assert_eq!(scan_in_pieces(stream, &cuts), whole, "step {step}");
+        }
+    }
+
+    #[test]
+    fn scanner_reports_the_errors_parse_reports() {
+        let deep = "*1\r\n".repeat(20) + ":1\r\n";
+        let long = vec![b'+'; MAX_LINE + 10];
+        for broken in [
+            &b"?x\r\n"[..],
+            b":abc\r\n",
+            b"$3\r\nabcXY",
+            b"$-5\r\n",
+            b"*-2\r\n",
+            b"$999999999999\r\n",
+            b"*99999999\r\n",
+            b"*2\r\n:1\r\n$2\r\nab\n\n",
+            deep.as_bytes(),
+            &long,
+        ] {
+            let expected = parse(broken).map(|v| v.map(|(_, used)| used));
+            assert!(expected.is_err(), "{broken:?}");
+            assert_eq!(Scanner::new().scan(broken), expected, "{broken:?}");
+            // Byte by byte (the long line in 1 KiB reads: parse, the
+            // reference, is quadratic on it).
+            let step = if broken.len() > 1024 { 1024 } else { 1 };
+            let cuts: Vec<usize> = (1..broken.len()).step_by(step).collect();
+            assert_eq!(scan_in_pieces(broken, &cuts), Vec::<usize>::new());
+        }
+    }
+
+    #[test]
+    fn scanner_resets_after_a_value_and_on_request() {
+        let mut scanner = Scanner::new();
+        assert_eq!(scanner.scan(b"*2\r\n:1"), Ok(None));
+        // The caller dropped its buffer (reconnection): start over.
+        scanner.reset();
+        assert_eq!(scanner.scan(b":7\r\n"), Ok(Some(4)));
+        // Reset by itself: the next value starts at the buffer's first byte.
+        assert_eq!(scanner.scan(b"+OK\r"), Ok(None));
+        assert_eq!(scanner.scan(b"+OK\r\n"), Ok(Some(5)));
+        // A shorter buffer is a new one.
+        assert_eq!(scanner.scan(b"*2\r\n$3\r\nab"), Ok(None));
+        assert_eq!(scanner.scan(b":5\r\n"), Ok(Some(4)));
+    }
+
+    /// An XRANGE-shaped reply: `[[id, [d, <data>, p, <prev>]], ...]`.
+    fn xrange_reply(entries: usize, data: usize) -> Vec<u8> {
+        fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+            out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+            out.extend_from_slice(bytes);
+            out.extend_from_slice(b"\r\n");
+        }
+        let payload = vec![b'x'; data];
+        let mut out = format!("*{entries}\r\n").into_bytes();
+        for i in 1..=entries {
+            out.extend_from_slice(b"*2\r\n");
+            bulk(&mut out, format!("{i}-0").as_bytes());
+            out.extend_from_slice(b"*4\r\n");
+            bulk(&mut out, b"d");
+            bulk(&mut out, &payload);
+            bulk(&mut out, b"p");
+            bulk(&mut out, (i - 1).to_string().as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn scanner_is_linear_in_the_bytes_received() {
+        // 100,000 entries in 64 KiB reads: parsing from the start after each
+        // read examines the headers of everything received so far, every
+        // time; the scanner examines each header byte about once.
+        let reply = xrange_reply(100_000, 16);
+        let (value, used) = parse(&reply).unwrap().unwrap();
+        assert_eq!(used, reply.len());
+        let Value::Array(Some(entries)) = value else {
+            panic!("not an array")
+        };
+        assert_eq!(entries.len(), 100_000);
+        let mut scanner = Scanner::new();
+        let mut found = None;
+        let mut reads = 0;
+        for end in (64 * 1024..reply.len())
+            .step_by(64 * 1024)
+            .chain([reply.len()])
+        {
+            reads += 1;
+            found = scanner.scan(&reply[..end]).unwrap();
+        }
+        assert_eq!(found, Some(reply.len()));
+        assert!(reads > 50, "{reads} reads");
+        assert!(
+            scanner.examined <= reply.len() + 2 * reads,
+            "examined {} of {} bytes",
+            scanner.examined,
+            reply.len()
+        );
+        // Byte by byte (one call per byte): still about one look per byte.
+        let reply = xrange_reply(2_000, 16);
+        let mut scanner = Scanner::new();
+        for end in 1..reply.len() {
+            assert_eq!(scanner.scan(&reply[..end]), Ok(None));
+        }
+        assert_eq!(scanner.scan(&reply), Ok(Some(reply.len())));
+        assert!(
+            scanner.examined <= 2 * reply.len(),
+            "examined {} of {} bytes",
+            scanner.examined,
+            reply.len()
+        );
     }
 
     #[test]
