@@ -304,128 +304,204 @@ mod tests {
         assert!(none.is_empty() && !none.allows(b"a"));
     }
 
-    /// A deterministic xorshift generator: property tests without crates.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[(self.next() % items.len() as u64) as usize]
-        }
+    use proptest::prelude::*;
+
+    /// Segments a valid pattern is made of: a small alphabet, so that
+    /// patterns and channels often meet.
+    fn pattern_text() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop::sample::select(&["a", "b", "c", "*"][..]), 1..=4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut segs, rest)| {
+                if rest {
+                    segs.push("**");
+                }
+                segs.join(":")
+            })
     }
 
-    fn random_pattern(rng: &mut Rng) -> String {
-        let n = 1 + rng.next() % 4;
-        let mut segs: Vec<&str> = (0..n).map(|_| rng.pick(&["a", "b", "c", "*"])).collect();
-        if rng.next() % 4 == 0 {
-            segs.push("**");
-        }
-        segs.join(":")
+    /// Channels as published (any bytes reach `matches`): mostly names over
+    /// the patterns' alphabet, sometimes an empty segment, a byte outside
+    /// the name set, a look-alike or a name over the length limit.
+    fn channel_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let segment = prop_oneof![
+            12 => prop::sample::select(&["a", "b", "c", "ab"][..]).prop_map(|s| s.as_bytes().to_vec()),
+            1 => prop::sample::select(&["", "*", "A", "a_b", "a.b", "a-b", "u@x", "a b", "%3A", "\u{0667}", "a\0"][..])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 1..4),
+            1 => Just(vec![b'a'; MAX_CHANNEL_LEN]),
+        ];
+        prop::collection::vec(segment, 1..=5).prop_map(|segs| segs.join(&b':'))
     }
 
-    fn random_channel(rng: &mut Rng) -> String {
-        let n = 1 + rng.next() % 5;
-        (0..n)
-            .map(|_| rng.pick(&["a", "b", "c", "ab", ""]))
-            .collect::<Vec<_>>()
-            .join(":")
+    /// Whether `raw` is a channel name, from the rules in channel.rs'
+    /// documentation (written again here, not calling that code).
+    fn reference_name(raw: &[u8]) -> bool {
+        let name_byte = |b: &u8| b.is_ascii_alphanumeric() || b"_-.@".contains(b);
+        !raw.is_empty()
+            && raw.len() <= MAX_CHANNEL_LEN
+            && raw
+                .split(|&b| b == b':')
+                .all(|seg| !seg.is_empty() && seg.iter().all(name_byte))
     }
 
-    /// Reference matcher, written independently: character-level recursion
-    /// where `*` eats one run of non-':' characters and `**` one or more
-    /// such runs separated by ':'.
-    fn reference_matches(pattern: &str, channel: &str) -> bool {
-        fn seg_ok(s: &str) -> bool {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())
-        }
-        let chan: Vec<&str> = channel.split(':').collect();
-        if !chan.iter().all(|s| seg_ok(s)) {
+    /// Whether `raw` is a pattern, from the rules in this module's
+    /// documentation.
+    fn reference_valid(raw: &[u8]) -> bool {
+        let segs: Vec<&[u8]> = raw.split(|&b| b == b':').collect();
+        !raw.is_empty()
+            && raw.len() <= MAX_CHANNEL_LEN
+            && segs.iter().enumerate().all(|(i, seg)| match *seg {
+                b"*" => true,
+                b"**" => i + 1 == segs.len(),
+                literal => !literal.contains(&b'*') && reference_name(literal),
+            })
+    }
+
+    /// Reference matcher, written independently: recursion over segments
+    /// where `*` eats one segment and `**` one or more.
+    fn reference_matches(pattern: &str, channel: &[u8]) -> bool {
+        if !reference_name(channel) {
             return false;
         }
+        let chan: Vec<&[u8]> = channel.split(|&b| b == b':').collect();
         let pat: Vec<&str> = pattern.split(':').collect();
-        fn go(p: &[&str], c: &[&str]) -> bool {
+        fn go(p: &[&str], c: &[&[u8]]) -> bool {
             match p.split_first() {
                 None => c.is_empty(),
                 Some((&"**", _)) => !c.is_empty(),
                 Some((&"*", rest)) => !c.is_empty() && go(rest, &c[1..]),
-                Some((lit, rest)) => c.first() == Some(lit) && go(rest, &c[1..]),
+                Some((lit, rest)) => c.first() == Some(&lit.as_bytes()) && go(rest, &c[1..]),
             }
         }
         go(&pat, &chan)
     }
 
-    fn all_channels() -> Vec<String> {
-        let mut out: Vec<String> = vec![String::new()];
-        let mut all = Vec::new();
-        for _ in 0..5 {
-            out = out
-                .iter()
-                .flat_map(|prefix| {
-                    ["a", "b", "c"].iter().map(move |s| {
-                        if prefix.is_empty() {
-                            s.to_string()
-                        } else {
-                            format!("{prefix}:{s}")
-                        }
+    /// Every channel of up to 5 segments over {a,b,c}: enough to witness
+    /// any overlap of patterns of up to 5 segments over that alphabet.
+    fn all_channels() -> &'static [String] {
+        static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut out: Vec<String> = vec![String::new()];
+            let mut all = Vec::new();
+            for _ in 0..5 {
+                out = out
+                    .iter()
+                    .flat_map(|prefix| {
+                        ["a", "b", "c"].iter().map(move |s| {
+                            if prefix.is_empty() {
+                                s.to_string()
+                            } else {
+                                format!("{prefix}:{s}")
+                            }
+                        })
                     })
-                })
-                .collect();
-            all.extend(out.iter().cloned());
-        }
-        all
+                    .collect();
+                all.extend(out.iter().cloned());
+            }
+            all
+        })
     }
 
-    #[test]
-    fn matches_agrees_with_reference_model() {
-        let mut rng = Rng(0x9e3779b97f4a7c15);
-        for _ in 0..20_000 {
-            let pattern = random_pattern(&mut rng);
-            let channel = random_channel(&mut rng);
-            assert_eq!(
-                p(&pattern).matches(channel.as_bytes()),
+    /// Whether some channel is matched by both (brute force).
+    fn witnessed(a: &Pattern, b: &Pattern) -> bool {
+        all_channels()
+            .iter()
+            .any(|c| a.matches(c.as_bytes()) && b.matches(c.as_bytes()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn matches_agrees_with_reference_model(
+            pattern in pattern_text(),
+            channel in channel_bytes(),
+        ) {
+            prop_assert_eq!(
+                p(&pattern).matches(&channel),
                 reference_matches(&pattern, &channel),
-                "{pattern} vs {channel}"
+                "{} vs {:?}", pattern, String::from_utf8_lossy(&channel)
             );
         }
     }
 
-    #[test]
-    fn overlaps_agrees_with_brute_force() {
-        // Every channel of up to 5 segments over {a,b,c}: enough to witness
-        // any overlap of patterns of up to 5 segments over that alphabet.
-        let channels = all_channels();
-        let mut rng = Rng(0x2545f4914f6cdd1d);
-        for _ in 0..400 {
-            let a = p(&random_pattern(&mut rng));
-            let b = p(&random_pattern(&mut rng));
-            let witnessed = channels
-                .iter()
-                .any(|c| a.matches(c.as_bytes()) && b.matches(c.as_bytes()));
-            assert_eq!(a.overlaps(&b), witnessed, "{a} / {b}");
-            assert_eq!(a.overlaps(&b), b.overlaps(&a));
-        }
-    }
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
 
-    #[test]
-    fn grants_never_allow_what_no_grant_matches() {
-        let mut rng = Rng(42);
-        for _ in 0..2_000 {
-            let list: Vec<String> = (0..1 + rng.next() % 3)
-                .map(|_| random_pattern(&mut rng))
-                .collect();
-            let (g, invalid) = Grants::parse(&[list.join(",")]);
-            assert!(invalid.is_empty());
-            let channel = random_channel(&mut rng);
-            let expected = list.iter().any(|pat| reference_matches(pat, &channel));
-            assert_eq!(
-                g.allows(channel.as_bytes()),
-                expected,
-                "{list:?} vs {channel}"
-            );
+        #[test]
+        fn parse_agrees_with_reference_rules(
+            segs in prop::collection::vec(
+                prop::sample::select(
+                    &["a", "b", "*", "**", "***", "", "a*", "*a", "A_-.@9", "a b", "\u{e9}", "a,b"][..],
+                ),
+                1..=5,
+            ),
+            long in any::<bool>(),
+        ) {
+            let mut raw = segs.join(":");
+            if long {
+                raw.push(':');
+                raw.push_str(&"x".repeat(MAX_CHANNEL_LEN - 1));
+            }
+            let parsed = Pattern::parse(raw.as_bytes());
+            prop_assert_eq!(parsed.is_ok(), reference_valid(raw.as_bytes()), "{:?}", raw);
+            if let Ok(pattern) = parsed {
+                prop_assert_eq!(pattern.as_str(), raw.as_str());
+                let wild = |s: &&str| *s == "*" || *s == "**";
+                prop_assert_eq!(pattern.is_concrete(), !segs.iter().any(wild));
+                prop_assert_eq!(pattern.redis_glob(), raw.replace("**", "*"));
+                // A concrete pattern is the channel it names.
+                if pattern.is_concrete() {
+                    prop_assert!(pattern.matches(raw.as_bytes()));
+                }
+            }
+        }
+
+        #[test]
+        fn overlaps_agrees_with_brute_force(a in pattern_text(), b in pattern_text()) {
+            let (a, b) = (p(&a), p(&b));
+            prop_assert_eq!(a.overlaps(&b), witnessed(&a, &b), "{} / {}", a, b);
+            prop_assert_eq!(a.overlaps(&b), b.overlaps(&a));
+        }
+
+        #[test]
+        fn grants_allow_and_permit_exactly_what_their_patterns_match(
+            list in prop::collection::vec(
+                prop_oneof![
+                    4 => pattern_text(),
+                    1 => prop::sample::select(&["bad*x", "a:**:b", "a::b", "\u{e9}"][..])
+                        .prop_map(str::to_string),
+                ],
+                0..=3,
+            ),
+            separators in prop::collection::vec(
+                prop::sample::select(&[",", " ", ", ", "\t", ",,"][..]),
+                3,
+            ),
+            channel in channel_bytes(),
+            subscription in pattern_text(),
+        ) {
+            let mut header = String::new();
+            for (item, sep) in list.iter().zip(&separators) {
+                header.push_str(item);
+                header.push_str(sep);
+            }
+            let (g, invalid) = Grants::parse(&[header.as_bytes()]);
+            let valid: Vec<&String> =
+                list.iter().filter(|i| reference_valid(i.as_bytes())).collect();
+            let expected_invalid: Vec<&String> =
+                list.iter().filter(|i| !reference_valid(i.as_bytes())).collect();
+            prop_assert_eq!(invalid.iter().collect::<Vec<_>>(), expected_invalid);
+            prop_assert_eq!(g.is_empty(), valid.is_empty());
+            let expected = valid.iter().any(|pat| reference_matches(pat, &channel));
+            prop_assert_eq!(g.allows(&channel), expected, "{:?} vs {:?}", list, channel);
+            // A subscription is permitted when some channel it can receive
+            // is granted.
+            let sub = p(&subscription);
+            let expected = valid.iter().any(|pat| witnessed(&p(pat), &sub));
+            prop_assert_eq!(g.permits(&sub), expected, "{:?} vs {}", list, sub);
         }
     }
 }
