@@ -122,54 +122,118 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// A minimal SSE parser following the spec's algorithm, used to check that
-    /// what we emit is read back as exactly one event with the intended data.
-    fn parse_events(stream: &[u8]) -> Vec<(String, String, Option<String>)> {
-        let text = String::from_utf8_lossy(stream).into_owned();
-        let mut events = Vec::new();
-        let (mut name, mut data, mut id) = (String::new(), String::new(), None);
-        let mut lines = Vec::new();
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find(['\r', '\n']) {
-            lines.push(rest[..i].to_string());
-            let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+    /// One event as an EventSource dispatches it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Dispatched {
+        /// The event type (`message` when the stream names none).
+        kind: Vec<u8>,
+        data: Vec<u8>,
+        /// The last event ID string at dispatch (`None`: no `id` field was
+        /// ever accepted, the spec's empty string).
+        last_id: Option<Vec<u8>>,
+    }
+
+    /// What a stream leaves an EventSource with.
+    #[derive(Debug, Default)]
+    struct Interpreted {
+        events: Vec<Dispatched>,
+        /// The reconnection time, if a `retry` field set it.
+        retry: Option<u64>,
+    }
+
+    /// The WHATWG "event stream interpretation" (HTML, Server-sent events,
+    /// 9.2.6), written from the spec as a reference for these tests. It
+    /// works on bytes rather than on decoded text: every byte the algorithm
+    /// looks at (CR, LF, `:`, space, NUL) is ASCII and never part of a UTF-8
+    /// sequence, so this is the spec's outcome before decoding, and
+    /// comparing bytes is stricter than comparing decoded strings.
+    fn interpret(stream: &[u8]) -> Interpreted {
+        let stream = stream.strip_prefix(b"\xef\xbb\xbf").unwrap_or(stream);
+        let mut out = Interpreted::default();
+        let (mut data, mut kind, mut id_buffer) = (Vec::new(), Vec::new(), None);
+        let mut rest = stream;
+        // Lines end at CRLF, LF or CR; an unterminated last line is
+        // discarded with the rest of the incomplete event at end of stream.
+        while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            let line = &rest[..i];
+            let skip = if rest[i..].starts_with(b"\r\n") { 2 } else { 1 };
             rest = &rest[i + skip..];
-        }
-        for line in lines {
             if line.is_empty() {
+                // Dispatch. The last event ID buffer is not reset.
                 if !data.is_empty() {
-                    data.pop();
-                    events.push((
-                        std::mem::take(&mut name),
-                        std::mem::take(&mut data),
-                        id.clone(),
-                    ));
+                    if data.last() == Some(&b'\n') {
+                        data.pop();
+                    }
+                    out.events.push(Dispatched {
+                        kind: if kind.is_empty() {
+                            b"message".to_vec()
+                        } else {
+                            kind.clone()
+                        },
+                        data: std::mem::take(&mut data),
+                        last_id: id_buffer.clone(),
+                    });
                 }
-                name.clear();
                 data.clear();
+                kind.clear();
                 continue;
             }
-            if line.starts_with(':') {
+            if line[0] == b':' {
                 continue;
             }
-            let (field, value) = match line.find(':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            let (field, value) = match line.iter().position(|&b| b == b':') {
+                Some(c) => {
+                    let value = &line[c + 1..];
+                    (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
                 }
-                None => (line.as_str(), ""),
+                None => (line, &b""[..]),
             };
             match field {
-                "event" => name = value.to_string(),
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
+                b"event" => kind = value.to_vec(),
+                b"data" => {
+                    data.extend_from_slice(value);
+                    data.push(b'\n');
                 }
-                "id" => id = Some(value.to_string()),
+                b"id" if !value.contains(&0) => id_buffer = Some(value.to_vec()),
+                b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                    out.retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                }
                 _ => {}
             }
         }
-        events
+        out
+    }
+
+    /// The data an EventSource gives for `payload`, as documented on
+    /// [`encode_event`]: line breaks (CRLF, CR, LF) become LF.
+    fn normalized(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len());
+        let mut i = 0;
+        while i < payload.len() {
+            match payload[i] {
+                b'\r' if payload.get(i + 1) == Some(&b'\n') => {
+                    out.push(b'\n');
+                    i += 1;
+                }
+                b'\r' => out.push(b'\n'),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// A field value as [`push_field`] writes it.
+    fn stripped(value: &[u8]) -> Vec<u8> {
+        value
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b'\r' | b'\n' | 0))
+            .collect()
+    }
+
+    fn parse_events(stream: &[u8]) -> Vec<Dispatched> {
+        interpret(stream).events
     }
 
     #[test]
@@ -193,14 +257,14 @@ mod tests {
         assert_eq!(event("c", b"a\n"), "event: c\ndata: a\ndata: \n\n");
         assert_eq!(event("c", b""), "event: c\ndata: \n\n");
         assert_eq!(event("c", b"\n\n"), "event: c\ndata: \ndata: \ndata: \n\n");
-        assert_eq!(parse_events(event("c", b"a\n").as_bytes())[0].1, "a\n");
-        assert_eq!(parse_events(event("c", b"").as_bytes())[0].1, "");
+        assert_eq!(parse_events(event("c", b"a\n").as_bytes())[0].data, b"a\n");
+        assert_eq!(parse_events(event("c", b"").as_bytes())[0].data, b"");
     }
 
     #[test]
     fn leading_space_and_colons_are_kept() {
         let parsed = parse_events(event("c", b"  x: y").as_bytes());
-        assert_eq!(parsed[0].1, "  x: y");
+        assert_eq!(parsed[0].data, b"  x: y");
     }
 
     #[test]
@@ -216,12 +280,9 @@ mod tests {
             let frame = event("c", payload);
             let parsed = parse_events(frame.as_bytes());
             assert_eq!(parsed.len(), 1, "{frame:?}");
-            assert_eq!(parsed[0].0, "c");
-            assert_eq!(parsed[0].2, None, "id forged by {frame:?}");
-            let normalized = String::from_utf8_lossy(payload)
-                .replace("\r\n", "\n")
-                .replace('\r', "\n");
-            assert_eq!(parsed[0].1, normalized);
+            assert_eq!(parsed[0].kind, b"c");
+            assert_eq!(parsed[0].last_id, None, "id forged by {frame:?}");
+            assert_eq!(parsed[0].data, normalized(payload));
         }
     }
 
@@ -267,6 +328,107 @@ mod tests {
             let mut out = [0u8; CHUNK_SIZE_LINE_MAX];
             let len = chunk_size_line(size, &mut out);
             assert_eq!(&out[..len], format!("{size:x}\r\n").as_bytes(), "{size}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Bytes with the ones that matter to SSE often among them.
+    fn sse_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            3 => any::<u8>(),
+            2 => prop::sample::select(&b"\r\n: \0d\xef\xbb\xbf"[..]),
+        ];
+        prop::collection::vec(byte, 0..max)
+    }
+
+    /// What a stream may carry between events.
+    #[derive(Debug, Clone)]
+    enum Item {
+        Event {
+            kind: Option<Vec<u8>>,
+            id: Option<Vec<u8>>,
+            data: Vec<u8>,
+        },
+        Heartbeat,
+        Retry(u64),
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        prop_oneof![
+            6 => (
+                prop::option::of(sse_bytes(12)),
+                prop::option::of(sse_bytes(12)),
+                sse_bytes(64),
+            )
+                .prop_map(|(kind, id, data)| Item::Event { kind, id, data }),
+            1 => Just(Item::Heartbeat),
+            1 => any::<u64>().prop_map(Item::Retry),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_reads_back_as_itself(
+            kind in prop::option::of(sse_bytes(16)),
+            id in prop::option::of(sse_bytes(16)),
+            data in sse_bytes(256),
+        ) {
+            let mut frame = Vec::new();
+            encode_event(&mut frame, kind.as_deref(), id.as_deref(), &data);
+            let read = interpret(&frame);
+            let kind = kind.map(|k| stripped(&k)).filter(|k| !k.is_empty());
+            prop_assert_eq!(
+                read.events,
+                vec![Dispatched {
+                    kind: kind.unwrap_or(b"message".to_vec()),
+                    data: normalized(&data),
+                    last_id: id.map(|i| stripped(&i)),
+                }]
+            );
+            prop_assert_eq!(read.retry, None);
+            // Nothing is left pending after the frame.
+            prop_assert!(frame.ends_with(b"\n\n"));
+        }
+
+        #[test]
+        fn streams_of_frames_read_back_in_order(items in prop::collection::vec(item(), 0..12)) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            let mut last_id = None;
+            let mut retry = None;
+            for item in &items {
+                match item {
+                    Item::Event { kind, id, data } => {
+                        encode_event(&mut stream, kind.as_deref(), id.as_deref(), data);
+                        if let Some(id) = id {
+                            last_id = Some(stripped(id));
+                        }
+                        let kind = kind.as_deref().map(stripped).filter(|k| !k.is_empty());
+                        expected.push(Dispatched {
+                            kind: kind.unwrap_or(b"message".to_vec()),
+                            data: normalized(data),
+                            last_id: last_id.clone(),
+                        });
+                    }
+                    Item::Heartbeat => stream.extend_from_slice(HEARTBEAT),
+                    Item::Retry(ms) => {
+                        encode_retry(&mut stream, *ms);
+                        retry = Some(*ms);
+                    }
+                }
+            }
+            let read = interpret(&stream);
+            prop_assert_eq!(read.events, expected);
+            prop_assert_eq!(read.retry, retry);
+        }
+
+        #[test]
+        fn chunk_size_line_is_lowercase_hex(size in any::<usize>()) {
+            let mut out = [0u8; CHUNK_SIZE_LINE_MAX];
+            let len = chunk_size_line(size, &mut out);
+            let expected = format!("{size:x}\r\n");
+            prop_assert_eq!(&out[..len], expected.as_bytes());
         }
     }
 }

@@ -727,4 +727,170 @@ mod tests {
         let (v, _) = parse(b"*2\r\n$4\r\npong\r\n$2\r\n17\r\n").unwrap().unwrap();
         assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Pong(b"17")));
     }
+
+    use proptest::prelude::*;
+
+    /// A value that owns its bytes, for generating and comparing.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Simple(Vec<u8>),
+        Error(Vec<u8>),
+        Integer(i64),
+        Bulk(Option<Vec<u8>>),
+        Array(Option<Vec<Owned>>),
+    }
+
+    fn own(value: &Value<'_>) -> Owned {
+        match value {
+            Value::Simple(s) => Owned::Simple(s.to_vec()),
+            Value::Error(e) => Owned::Error(e.to_vec()),
+            Value::Integer(i) => Owned::Integer(*i),
+            Value::Bulk(b) => Owned::Bulk(b.map(<[u8]>::to_vec)),
+            Value::Array(a) => {
+                Owned::Array(a.as_ref().map(|items| items.iter().map(own).collect()))
+            }
+        }
+    }
+
+    /// RESP2 as the protocol description writes it, independently of
+    /// [`encode_command`].
+    fn serialize(value: &Owned, out: &mut Vec<u8>) {
+        fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
+            out.push(kind);
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+        match value {
+            Owned::Simple(s) => line(out, b'+', s),
+            Owned::Error(e) => line(out, b'-', e),
+            Owned::Integer(i) => line(out, b':', i.to_string().as_bytes()),
+            Owned::Bulk(None) => line(out, b'$', b"-1"),
+            Owned::Bulk(Some(b)) => {
+                line(out, b'$', b.len().to_string().as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Owned::Array(None) => line(out, b'*', b"-1"),
+            Owned::Array(Some(items)) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                for item in items {
+                    serialize(item, out);
+                }
+            }
+        }
+    }
+
+    /// The text of a simple string or error: any bytes but a CRLF pair
+    /// (lone CR and LF are allowed).
+    fn line_text() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![3 => any::<u8>(), 1 => prop::sample::select(&b"\r\n"[..])];
+        prop::collection::vec(byte, 0..16).prop_map(|bytes| {
+            let mut text: Vec<u8> = Vec::with_capacity(bytes.len());
+            for b in bytes {
+                if !(b == b'\n' && text.last() == Some(&b'\r')) {
+                    text.push(b);
+                }
+            }
+            text
+        })
+    }
+
+    fn bulk_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![3 => any::<u8>(), 1 => prop::sample::select(&b"\r\n$*:"[..])];
+        prop::collection::vec(byte, 0..40)
+    }
+
+    /// Any value the parser accepts, nested up to its depth limit.
+    fn value() -> impl Strategy<Value = Owned> {
+        let leaf = prop_oneof![
+            line_text().prop_map(Owned::Simple),
+            line_text().prop_map(Owned::Error),
+            any::<i64>().prop_map(Owned::Integer),
+            prop::option::of(bulk_bytes()).prop_map(Owned::Bulk),
+            Just(Owned::Array(None)),
+        ];
+        leaf.prop_recursive(MAX_DEPTH as u32, 48, 6, |inner| {
+            prop::collection::vec(inner, 0..6).prop_map(|items| Owned::Array(Some(items)))
+        })
+    }
+
+    /// Up to `n` cut points inside a buffer of `len` bytes (any values:
+    /// they are reduced modulo `len`, sorted and deduplicated).
+    fn cuts_in(len: usize, raw: &[usize]) -> Vec<usize> {
+        let mut cuts: Vec<usize> = raw.iter().map(|c| c % len.max(1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts
+    }
+
+    proptest! {
+        #[test]
+        fn commands_read_back_as_their_arguments(
+            args in prop::collection::vec(bulk_bytes(), 0..8),
+        ) {
+            let mut out = Vec::new();
+            encode_command(&mut out, &args);
+            let (value, used) = parse(&out).unwrap().unwrap();
+            prop_assert_eq!(used, out.len());
+            let bulks = args.iter().map(|a| Owned::Bulk(Some(a.clone()))).collect();
+            prop_assert_eq!(own(&value), Owned::Array(Some(bulks)));
+            prop_assert_eq!(Scanner::new().scan(&out), Ok(Some(out.len())));
+        }
+
+        #[test]
+        fn values_read_back_whole_and_in_any_pieces(
+            first in value(),
+            second in value(),
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut stream = Vec::new();
+            serialize(&first, &mut stream);
+            let first_len = stream.len();
+            serialize(&second, &mut stream);
+            // In one piece.
+            let (value, used) = parse(&stream).unwrap().unwrap();
+            prop_assert_eq!((own(&value), used), (first.clone(), first_len));
+            let (value, used) = parse(&stream[used..]).unwrap().unwrap();
+            prop_assert_eq!((own(&value), used), (second, stream.len() - first_len));
+            let mut scanner = Scanner::new();
+            prop_assert_eq!(scanner.scan(&stream), Ok(Some(first_len)));
+            prop_assert_eq!(scanner.scan(&stream[first_len..]), Ok(Some(used)));
+            let expected = vec![first_len, used];
+            // Split at every byte and at random points (each step is checked
+            // against parse of the same buffer).
+            let every: Vec<usize> = (1..stream.len()).collect();
+            prop_assert_eq!(&scan_in_pieces(&stream, &every), &expected);
+            let cuts = cuts_in(stream.len(), &raw_cuts);
+            prop_assert_eq!(&scan_in_pieces(&stream, &cuts), &expected);
+            // The scanner's length is what parse then reads, in one pass.
+            let (value, used) = parse(&stream[..first_len]).unwrap().unwrap();
+            prop_assert_eq!((own(&value), used), (first, first_len));
+        }
+
+        #[test]
+        fn scanner_agrees_with_parse_on_damaged_streams(
+            value in value(),
+            damage in prop::collection::vec(
+                (any::<usize>(), prop_oneof![
+                    any::<u8>(),
+                    prop::sample::select(&b"\r\n*$:+-019?"[..]),
+                ]),
+                1..4,
+            ),
+            raw_cuts in prop::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut stream = Vec::new();
+            serialize(&value, &mut stream);
+            serialize(&value, &mut stream);
+            for (at, byte) in damage {
+                let at = at % stream.len();
+                stream[at] = byte;
+            }
+            // scan_in_pieces compares every answer, errors included.
+            let cuts = cuts_in(stream.len(), &raw_cuts);
+            let found = scan_in_pieces(&stream, &cuts);
+            let every: Vec<usize> = (1..stream.len()).collect();
+            prop_assert_eq!(scan_in_pieces(&stream, &every), found);
+        }
+    }
 }
