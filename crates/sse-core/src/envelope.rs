@@ -190,7 +190,36 @@ pub enum Control<'a> {
     Revoke(Vec<&'a [u8]>),
 }
 
-pub fn parse_control(payload: &[u8]) -> Result<Control<'_>, String> {
+/// Why a message on the control channel was not understood. It is logged
+/// and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// Nothing but whitespace.
+    Empty,
+    /// The first word is not a command we know.
+    UnknownCommand(String),
+    /// `revoke` without a user.
+    RevokeNoUser,
+    /// `revoke` naming something that is not a valid user id.
+    RevokeBadUser(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Empty => f.write_str("empty control message"),
+            ControlError::UnknownCommand(c) => write!(f, "unknown control command \"{c}\""),
+            ControlError::RevokeNoUser => f.write_str("\"revoke\" names no user"),
+            ControlError::RevokeBadUser(u) => {
+                write!(f, "\"revoke\" names an invalid user \"{u}\"")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+pub fn parse_control(payload: &[u8]) -> Result<Control<'_>, ControlError> {
     let mut words = payload
         .split(|b| b.is_ascii_whitespace())
         .filter(|w| !w.is_empty());
@@ -198,21 +227,19 @@ pub fn parse_control(payload: &[u8]) -> Result<Control<'_>, String> {
         Some(b"revoke") => {
             let users: Vec<&[u8]> = words.collect();
             if users.is_empty() {
-                return Err("\"revoke\" names no user".into());
+                return Err(ControlError::RevokeNoUser);
             }
             if let Some(bad) = users.iter().find(|u| !valid_user(u)) {
-                return Err(format!(
-                    "\"revoke\" names an invalid user \"{}\"",
-                    String::from_utf8_lossy(bad)
+                return Err(ControlError::RevokeBadUser(
+                    String::from_utf8_lossy(bad).into_owned(),
                 ));
             }
             Ok(Control::Revoke(users))
         }
-        Some(other) => Err(format!(
-            "unknown control command \"{}\"",
-            String::from_utf8_lossy(other)
+        Some(other) => Err(ControlError::UnknownCommand(
+            String::from_utf8_lossy(other).into_owned(),
         )),
-        None => Err("empty control message".into()),
+        None => Err(ControlError::Empty),
     }
 }
 
@@ -296,10 +323,28 @@ mod tests {
             parse_control(b" revoke  a b\n"),
             Ok(Control::Revoke(vec![&b"a"[..], b"b"]))
         );
-        assert!(parse_control(b"revoke").is_err());
-        assert!(parse_control(b"revoke a,b").is_err());
-        assert!(parse_control(b"shutdown").is_err());
-        assert!(parse_control(b"").is_err());
+        for (raw, error, message) in [
+            (
+                &b"revoke"[..],
+                ControlError::RevokeNoUser,
+                "\"revoke\" names no user",
+            ),
+            (
+                b"revoke a,b",
+                ControlError::RevokeBadUser("a,b".into()),
+                "\"revoke\" names an invalid user \"a,b\"",
+            ),
+            (
+                b"shutdown now",
+                ControlError::UnknownCommand("shutdown".into()),
+                "unknown control command \"shutdown\"",
+            ),
+            (b"", ControlError::Empty, "empty control message"),
+            (b" \n\t", ControlError::Empty, "empty control message"),
+        ] {
+            assert_eq!(parse_control(raw), Err(error.clone()), "{raw:?}");
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! entry's `p` is after the client's position, or nothing is held although
 //! the channel's last id (`<prefix>:last`) is after it.
 
+use std::fmt;
+
 use crate::envelope;
 use crate::resp::Value;
 
@@ -59,32 +61,73 @@ impl Entry {
     }
 }
 
+/// Why an XRANGE / XREVRANGE reply could not be read as a history. The
+/// channel's history is then treated as lost (a gap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryError {
+    /// Redis answered with an error reply (its text).
+    Redis(String),
+    /// The reply is neither an array nor an error.
+    NotAnArray,
+    /// An entry is not an array.
+    EntryNotAnArray,
+    /// An entry is not the pair `[id, fields]`.
+    EntryShape,
+    /// An entry's id is not a string.
+    IdNotAString,
+    /// An entry's id is not `N-0` (the entry was not written by `sse_publish`).
+    ForeignId(String),
+    /// An entry's field list has an odd length.
+    OddFields,
+    /// A field name or value is not a string.
+    FieldNotAString,
+    /// The `p` field (previous id) is not an event id.
+    BadPrev,
+}
+
+impl fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryError::Redis(message) => f.write_str(message),
+            HistoryError::NotAnArray => f.write_str("XRANGE reply is not an array"),
+            HistoryError::EntryNotAnArray => f.write_str("XRANGE entry is not an array"),
+            HistoryError::EntryShape => f.write_str("XRANGE entry is not [id, fields]"),
+            HistoryError::IdNotAString => f.write_str("XRANGE entry id is not a string"),
+            HistoryError::ForeignId(id) => {
+                write!(f, "entry id \"{id}\" was not written by sse_publish")
+            }
+            HistoryError::OddFields => f.write_str("odd number of fields"),
+            HistoryError::FieldNotAString => f.write_str("field is not a string"),
+            HistoryError::BadPrev => f.write_str("bad \"p\" field"),
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {}
+
 /// Parses an XRANGE / XREVRANGE reply: `[[id, [field, value, ...]], ...]`.
-pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, String> {
+pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
     let items = match value {
         Value::Array(Some(items)) => items,
         Value::Array(None) => return Ok(Vec::new()),
-        Value::Error(e) => return Err(String::from_utf8_lossy(e).into_owned()),
-        _ => return Err("XRANGE reply is not an array".into()),
+        Value::Error(e) => {
+            return Err(HistoryError::Redis(String::from_utf8_lossy(e).into_owned()))
+        }
+        _ => return Err(HistoryError::NotAnArray),
     };
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
         let Value::Array(Some(pair)) = item else {
-            return Err("XRANGE entry is not an array".into());
+            return Err(HistoryError::EntryNotAnArray);
         };
         let [raw_id, Value::Array(Some(fields))] = pair.as_slice() else {
-            return Err("XRANGE entry is not [id, fields]".into());
+            return Err(HistoryError::EntryShape);
         };
-        let raw_id = raw_id.as_bytes().ok_or("XRANGE entry id is not a string")?;
+        let raw_id = raw_id.as_bytes().ok_or(HistoryError::IdNotAString)?;
         let id = raw_id
             .strip_suffix(b"-0")
             .and_then(envelope::parse_id)
-            .ok_or_else(|| {
-                format!(
-                    "entry id \"{}\" was not written by sse_publish",
-                    String::from_utf8_lossy(raw_id)
-                )
-            })?;
+            .ok_or_else(|| HistoryError::ForeignId(String::from_utf8_lossy(raw_id).into_owned()))?;
         let mut entry = Entry {
             id,
             prev: 0,
@@ -93,14 +136,14 @@ pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, String> {
         };
         for kv in fields.chunks(2) {
             let [k, v] = kv else {
-                return Err("odd number of fields".into());
+                return Err(HistoryError::OddFields);
             };
             let (Some(k), Some(v)) = (k.as_bytes(), v.as_bytes()) else {
-                return Err("field is not a string".into());
+                return Err(HistoryError::FieldNotAString);
             };
             match k {
                 b"d" => entry.data = v.to_vec(),
-                b"p" => entry.prev = envelope::parse_id(v).ok_or("bad \"p\" field")?,
+                b"p" => entry.prev = envelope::parse_id(v).ok_or(HistoryError::BadPrev)?,
                 b"t" => {
                     entry.audience = Some(v.split(|&b| b == b',').map(<[u8]>::to_vec).collect())
                 }
@@ -351,12 +394,65 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(parse_entries(&v).is_ok());
-        let (v, _) = resp::parse(b"*1\r\n*2\r\n$5\r\n1-123\r\n*0\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(parse_entries(&v).is_err());
         let (v, _) = resp::parse(b"*0\r\n").unwrap().unwrap();
         assert_eq!(parse_entries(&v), Ok(vec![]));
+        let (v, _) = resp::parse(b"*-1\r\n").unwrap().unwrap();
+        assert_eq!(parse_entries(&v), Ok(vec![]));
+    }
+
+    #[test]
+    fn unreadable_xrange_replies_say_why() {
+        for (raw, error, message) in [
+            (
+                &b"-ERR no such key\r\n"[..],
+                HistoryError::Redis("ERR no such key".into()),
+                "ERR no such key",
+            ),
+            (
+                b":3\r\n",
+                HistoryError::NotAnArray,
+                "XRANGE reply is not an array",
+            ),
+            (
+                b"*1\r\n$1\r\nx\r\n",
+                HistoryError::EntryNotAnArray,
+                "XRANGE entry is not an array",
+            ),
+            (
+                b"*1\r\n*1\r\n$3\r\n1-0\r\n",
+                HistoryError::EntryShape,
+                "XRANGE entry is not [id, fields]",
+            ),
+            (
+                b"*1\r\n*2\r\n:1\r\n*0\r\n",
+                HistoryError::IdNotAString,
+                "XRANGE entry id is not a string",
+            ),
+            (
+                b"*1\r\n*2\r\n$5\r\n1-123\r\n*0\r\n",
+                HistoryError::ForeignId("1-123".into()),
+                "entry id \"1-123\" was not written by sse_publish",
+            ),
+            (
+                b"*1\r\n*2\r\n$3\r\n1-0\r\n*1\r\n$1\r\nd\r\n",
+                HistoryError::OddFields,
+                "odd number of fields",
+            ),
+            (
+                b"*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nd\r\n:1\r\n",
+                HistoryError::FieldNotAString,
+                "field is not a string",
+            ),
+            (
+                b"*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\np\r\n$2\r\n01\r\n",
+                HistoryError::BadPrev,
+                "bad \"p\" field",
+            ),
+        ] {
+            let (v, _) = resp::parse(raw).unwrap().unwrap();
+            assert_eq!(parse_entries(&v), Err(error.clone()), "{raw:?}");
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]

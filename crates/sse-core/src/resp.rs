@@ -407,6 +407,8 @@ impl fmt::Display for UnexpectedReply {
     }
 }
 
+impl std::error::Error for UnexpectedReply {}
+
 /// Classifies one value read from a connection in subscribe mode.
 pub fn pubsub_reply<'a>(value: &Value<'a>) -> Result<PubSubReply<'a>, UnexpectedReply> {
     let items = match value {
