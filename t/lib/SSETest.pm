@@ -29,6 +29,7 @@ use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
+use Scalar::Util ();
 use Test::More ();
 use Time::HiRes qw(time sleep);
 
@@ -39,6 +40,7 @@ our @EXPORT = qw(
     http_request redis_cmd redis_connect numsub wait_subscribed
     free_port wait_until rss_kb children_of slurp
     load_sse_function sse_publish start_publisher event_source wait_sources warm_up_sources
+    redis_info start_fake_server
 );
 
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
@@ -240,6 +242,21 @@ sub _port_open {
     return 1;
 }
 
+# Every SSETest::Nginx (weak references), for the teardown check.
+our %NGINX_OBJECTS;
+
+# Stops every nginx still running and checks its error log (see
+# SSETest::Nginx::check_error_log). Runs when the test file calls
+# done_testing (or the plan is checked at the end), while failures can
+# still be reported.
+sub _teardown_all_nginx {
+    for my $nginx (grep { defined } values %NGINX_OBJECTS) {
+        $nginx->stop('end of the test file') if $nginx->{pid};
+    }
+}
+Test2::API::test2_add_callback_testing_done(\&_teardown_all_nginx)
+    if eval { require Test2::API; 1 };
+
 END {
     my $status = $?;
     # On failure, show the end of every nginx error log: it usually says why.
@@ -291,6 +308,14 @@ sub numsub {
     return {@$reply};
 }
 
+# redis_info($port_or_redis, $section): INFO as a hash (field => value).
+sub redis_info {
+    my ($port, $section) = @_;
+    my $text = redis_cmd($port, INFO => $section // 'default');
+    die "INFO failed: $text" if ref $text;
+    return { map { /^([^:#\s]+):(.*?)\s*$/ ? ($1 => $2) : () } split /\n/, $text };
+}
+
 # Waits until `PUBSUB NUMSUB $channel` equals $count; true on success.
 sub wait_subscribed {
     my ($port, $channel, $count, $timeout) = @_;
@@ -298,6 +323,91 @@ sub wait_subscribed {
     return wait_until(sub { my $n = eval { numsub($port, $channel)->{$channel} }; defined $n && $n == $count },
         $timeout);
 }
+
+# start_fake_server(mode => 'close' | 'ok'): a stand-in for a broken Redis
+# on a free loopback port, in a child process. 'close' accepts each
+# connection and closes it at once; 'ok' answers "+OK" to every command it
+# receives (RESP arrays) and never sends anything else. Returns an
+# SSETest::FakeServer: port, accepts (how many connections so far), commands
+# (the names of the commands received, in order), stop. It ends by itself
+# after `lifetime` seconds (default 300).
+sub start_fake_server {
+    my (%o) = @_;
+    my $mode = $o{mode} || 'close';
+    die "start_fake_server: unknown mode $mode\n" unless $mode =~ /^(?:close|ok)$/;
+    my $dir = _tempdir('fake-server');
+    my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 128,
+        Proto => 'tcp', ReuseAddr => 1) or die "fake server: cannot listen: $!";
+    my $port = $listener->sockport;
+    $PORTS_GIVEN{$port}++;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
+        $SIG{PIPE} = 'IGNORE';
+        eval { _fake_server_loop($listener, $mode, $dir, $o{lifetime} || 300) };
+        POSIX::_exit(0);    # never the parent's END blocks
+    }
+    close $listener;
+    $PROCESS_GROUPS{$pid} = 1;
+    return bless { pid => $pid, port => $port, dir => $dir, mode => $mode }, 'SSETest::FakeServer';
+}
+
+sub _fake_server_loop {
+    my ($listener, $mode, $dir, $lifetime) = @_;
+    open my $log, '>>', "$dir/log" or die;
+    $log->autoflush(1);
+    my $end = time + $lifetime;
+    my $sel = IO::Select->new($listener);
+    my %buf;
+    while (time < $end) {
+        for my $fh ($sel->can_read(0.5)) {
+            if ($fh == $listener) {
+                my $c = $listener->accept or next;
+                printf {$log} "A %.3f\n", time;
+                if ($mode eq 'close') { close $c; next }
+                binmode $c;
+                $sel->add($c);
+                $buf{ 0 + $c } = '';
+                next;
+            }
+            my $n = sysread $fh, $buf{ 0 + $fh }, 65536, length $buf{ 0 + $fh };
+            if (!$n) { $sel->remove($fh); delete $buf{ 0 + $fh }; close $fh; next }
+            # Complete RESP arrays of bulk strings: one "+OK" each.
+            while (1) {
+                my $b = \$buf{ 0 + $fh };
+                last unless $$b =~ /\A\*(\d+)\r\n/;
+                my ($count, $pos, @args) = ($1, length $&);
+                for (1 .. $count) {
+                    last unless substr($$b, $pos) =~ /\A\$(\d+)\r\n/;
+                    my $len = $1;
+                    my $start = $pos + length $&;
+                    last if length($$b) < $start + $len + 2;
+                    push @args, substr $$b, $start, $len;
+                    $pos = $start + $len + 2;
+                }
+                last unless @args == $count;
+                substr($$b, 0, $pos, '');
+                printf {$log} "C %.3f %s\n", time, uc($args[0] // '');
+                syswrite $fh, "+OK\r\n";
+            }
+        }
+    }
+}
+
+package SSETest::FakeServer;
+
+sub port { $_[0]{port} }
+sub _lines { grep { length } split /\n/, SSETest::slurp("$_[0]{dir}/log") }
+sub accepts { scalar grep { /^A / } $_[0]->_lines }
+sub commands { map { (split / /)[2] } grep { /^C / } $_[0]->_lines }
+sub stop {
+    my ($self) = @_;
+    SSETest::_stop_group($self->{pid}, 'TERM', 5) if $self->{pid};
+    delete $self->{pid};
+}
+sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
 
 package SSETest::Redis;
 
@@ -585,6 +695,8 @@ sub new {
     $self->{workers} ||= 1;
     push @NGINX_PREFIXES, $self->{prefix};
     $self->write_conf;
+    $SSETest::NGINX_OBJECTS{ Scalar::Util::refaddr($self) } = $self;
+    Scalar::Util::weaken($SSETest::NGINX_OBJECTS{ Scalar::Util::refaddr($self) });
     return $self;
 }
 
@@ -597,7 +709,7 @@ sub write_conf {
     my ($self, %change) = @_;
     @$self{ keys %change } = values %change;
     my %o = %$self;
-    delete @o{qw(pid)};
+    delete @o{qw(pid log_checked expect_alerts)};
     SSETest::_spew($self->conf_path, SSETest::nginx_conf_text(%o));
     return $self;
 }
@@ -649,6 +761,37 @@ sub alerts {
     return grep { /\[(?:alert|emerg)\]/ } split /\n/, $self->error_log;
 }
 
+# The teardown check: whenever this nginx is stopped (stop, quit, going out
+# of scope, or the end of the test file: done_testing stops every nginx still
+# running), the part of error.log not checked yet must have no [alert] or
+# [emerg] line and no "exited on signal" (a crashed worker); otherwise that
+# is reported as a failed test, with the lines. A test that expects such
+# lines says so: start_nginx(expect_alerts => qr/.../) (or
+# $nginx->expect_alerts(qr/.../)) excuses the lines that match, and
+# expect_alerts => 1 turns the check off for this nginx. (`nginx -t` runs,
+# nginx_test_conf, are not concerned: they start no SSETest::Nginx.)
+sub expect_alerts { $_[0]{expect_alerts} = $_[1]; $_[0] }
+
+sub check_error_log {
+    my ($self, $when) = @_;
+    my $log = $self->error_log;
+    my $from = $self->{log_checked} // 0;
+    $from = 0 if $from > length $log;
+    # Only whole lines: a line being written is checked next time.
+    my $end = rindex($log, "\n") + 1;
+    return if $end <= $from;
+    $self->{log_checked} = $end;
+    my @bad = grep { /\[(?:alert|emerg)\]|exited on signal/ } split /\n/, substr($log, $from, $end - $from);
+    my $allow = $self->{expect_alerts};
+    return if $allow && !ref $allow;
+    @bad = grep { !/$allow/ } @bad if $allow;
+    return unless @bad;
+    local $Test::Builder::Level = $Test::Builder::Level + 2;
+    Test::More::ok(0, "nginx in $self->{prefix} ($when): no [alert], [emerg] or crashed worker in error.log");
+    Test::More::diag(join "\n", 'offending error.log lines:', @bad);
+    return @bad;
+}
+
 # Reloads the configuration like `nginx -s reload` (SIGHUP to the master) and
 # waits until the new generation of workers is running. Returns the old worker
 # pids (they may still be finishing their connections); dies on timeout.
@@ -683,18 +826,28 @@ sub quit {
     SSETest::_stop_group($self->{pid}, 'KILL', 5) unless defined $took;
     kill 'KILL', -$self->{pid};    # nothing of the group may survive
     delete $self->{pid};
+    $self->check_error_log('quit');
     return $took;
 }
 
 # Fast stop (SIGTERM to the whole process group).
 sub stop {
-    my ($self) = @_;
+    my ($self, $when) = @_;
     return unless $self->{pid};
     SSETest::_stop_group($self->{pid}, 'TERM', 10);
     delete $self->{pid};
+    $self->check_error_log($when // 'stop');
 }
 
-sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
+sub DESTROY {
+    local ($., $@, $!, $^E, $?);
+    my ($self) = @_;
+    delete $SSETest::NGINX_OBJECTS{ Scalar::Util::refaddr($self) };
+    return unless $self->{pid};
+    # During global destruction the test has ended: nothing can be reported.
+    if (${^GLOBAL_PHASE} eq 'DESTRUCT') { SSETest::_stop_group($self->{pid}, 'TERM', 10); return }
+    $self->stop('end of scope');
+}
 
 # ---------------------------------------------------------------------------
 # Plain HTTP (one request per connection)
@@ -1034,6 +1187,7 @@ sub _feed_sse {
 sub _sse_line {
     my ($self, $line) = @_;
     if ($line eq '') {
+        my $own_id = delete $self->{own_id};
         if ($self->{data} eq '') {
             $self->{type} = '';
             return;
@@ -1041,10 +1195,11 @@ sub _sse_line {
         my $data = $self->{data};
         $data =~ s/\n\z//;
         push @{ $self->{events} }, {
-            event => length $self->{type} ? $self->{type} : 'message',
-            data  => $data,
-            id    => $self->{last_id},
-            time  => time,
+            event  => length $self->{type} ? $self->{type} : 'message',
+            data   => $data,
+            id     => $self->{last_id},    # the last event ID, as EventSource keeps it
+            own_id => $own_id,             # the id: field of this event itself, if it had one
+            time   => time,
         };
         $self->{data} = '';
         $self->{type} = '';
@@ -1059,7 +1214,7 @@ sub _sse_line {
     $value =~ s/^ //;
     if    ($field eq 'event') { $self->{type} = $value }
     elsif ($field eq 'data')  { $self->{data} .= "$value\n" }
-    elsif ($field eq 'id')    { $self->{last_id} = $value unless $value =~ /\0/ }
+    elsif ($field eq 'id')    { ($self->{last_id} = $self->{own_id} = $value) unless $value =~ /\0/ }
     elsif ($field eq 'retry') { push @{ $self->{retries} }, $value + 0 if $value =~ /^[0-9]+\z/ }
     else                      { $self->{unknown}{$field}++ }
 }
