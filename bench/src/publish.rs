@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use sse_core::resp::{self, Scanner, Value};
+
 use crate::acct::{self, Stamp};
 use crate::http::ResponseReader;
 use crate::sys;
@@ -130,15 +132,10 @@ impl Publisher {
         };
         match &self.kind {
             Kind::Redis => {
-                let _ = write!(
-                    c.out,
-                    "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{}\r\n${}\r\n",
-                    channel.len(),
-                    channel,
-                    self.payload.len()
+                resp::encode_command(
+                    &mut c.out,
+                    &[&b"PUBLISH"[..], channel.as_bytes(), &self.payload],
                 );
-                c.out.extend_from_slice(&self.payload);
-                c.out.extend_from_slice(b"\r\n");
             }
             Kind::Http { path_prefix } => {
                 let _ = write!(
@@ -277,25 +274,35 @@ fn flush(c: &mut PConn, st: &mut PubStats) {
 /// Consumes complete RESP replies to PUBLISH (integers; errors counted).
 fn redis_replies(c: &mut PConn, st: &mut PubStats) {
     let mut pos = 0;
-    while let Some(nl) = c.resp[pos..].iter().position(|&b| b == b'\n') {
-        let line = &c.resp[pos..pos + nl];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match line.first() {
-            Some(b':') => {
-                st.receivers += std::str::from_utf8(&line[1..])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+    loop {
+        match resp::parse(&c.resp[pos..]) {
+            Ok(Some((value, used))) => {
+                pos += used;
+                match value {
+                    Value::Integer(n) => st.receivers += u64::try_from(n).unwrap_or(0),
+                    other => {
+                        st.errors += 1;
+                        let l = match other {
+                            Value::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
+                            other => format!("unexpected reply {other:?}"),
+                        };
+                        note(st, format!("redis: {l}"));
+                    }
+                }
+                st.replies += 1;
+                c.inflight = c.inflight.saturating_sub(1);
             }
-            _ => {
-                st.errors += 1;
-                let l = String::from_utf8_lossy(line).into_owned();
-                note(st, format!("redis: {l}"));
+            Ok(None) => break,
+            Err(e) => {
+                // Nothing more can be read on it: what is in flight is lost.
+                note(st, format!("redis: {e}"));
+                st.errors += c.inflight;
+                st.replies += c.inflight;
+                c.inflight = 0;
+                pos = c.resp.len();
+                break;
             }
         }
-        st.replies += 1;
-        c.inflight = c.inflight.saturating_sub(1);
-        pos += nl + 1;
     }
     c.resp.drain(..pos);
 }
@@ -391,15 +398,14 @@ pub fn run_plan(
 pub fn redis_cmd(port: u16, args: &[&str]) -> io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-    }
-    s.write_all(req.as_bytes())?;
+    let mut req = Vec::new();
+    resp::encode_command(&mut req, args);
+    s.write_all(&req)?;
     let mut buf = Vec::new();
     let mut tmp = [0u8; 16384];
+    let mut scanner = Scanner::new();
     loop {
-        if let Some(v) = parse_reply(&buf) {
+        if let Some(v) = parse_reply(&mut scanner, &buf) {
             return v;
         }
         let n = s.read(&mut tmp)?;
@@ -410,48 +416,39 @@ pub fn redis_cmd(port: u16, args: &[&str]) -> io::Result<String> {
     }
 }
 
-fn parse_reply(buf: &[u8]) -> Option<io::Result<String>> {
-    fn one(buf: &[u8], out: &mut String) -> Option<Result<usize, String>> {
-        let nl = buf.iter().position(|&b| b == b'\n')?;
-        let line = String::from_utf8_lossy(&buf[1..nl.saturating_sub(1).max(1)]).into_owned();
-        match buf.first()? {
-            b'+' | b':' => {
-                out.push_str(&line);
-                Some(Ok(nl + 1))
-            }
-            b'-' => Some(Err(line)),
-            b'$' => {
-                let len: i64 = line.parse().ok()?;
-                if len < 0 {
-                    return Some(Ok(nl + 1));
-                }
-                let end = nl + 1 + len as usize;
-                if buf.len() < end + 2 {
-                    return None;
-                }
-                out.push_str(&String::from_utf8_lossy(&buf[nl + 1..end]));
-                Some(Ok(end + 2))
-            }
-            b'*' => {
-                let n: i64 = line.parse().ok()?;
-                let mut pos = nl + 1;
-                for _ in 0..n.max(0) {
-                    match one(&buf[pos..], out)? {
-                        Ok(used) => pos += used,
-                        Err(e) => return Some(Err(e)),
-                    }
+/// The reply at the start of `buf` as text, `None` until it is complete.
+fn parse_reply(scanner: &mut Scanner, buf: &[u8]) -> Option<io::Result<String>> {
+    fn text(value: &Value<'_>, out: &mut String) -> Result<(), String> {
+        match value {
+            Value::Simple(s) | Value::Bulk(Some(s)) => out.push_str(&String::from_utf8_lossy(s)),
+            Value::Integer(n) => out.push_str(&n.to_string()),
+            Value::Error(e) => return Err(String::from_utf8_lossy(e).into_owned()),
+            Value::Bulk(None) | Value::Array(None) => {}
+            Value::Array(Some(items)) => {
+                for item in items {
+                    text(item, out)?;
                     out.push('\n');
                 }
-                Some(Ok(pos))
             }
-            _ => Some(Err(format!("unexpected reply {line}"))),
         }
+        Ok(())
     }
+    let len = match scanner.scan(buf) {
+        Ok(Some(len)) => len,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(io::Error::other(e))),
+    };
+    let value = match resp::parse(&buf[..len]) {
+        Ok(Some((value, _))) => value,
+        Ok(None) => return Some(Err(io::Error::other("incomplete reply"))),
+        Err(e) => return Some(Err(io::Error::other(e))),
+    };
     let mut out = String::new();
-    match one(buf, &mut out)? {
-        Ok(_) => Some(Ok(out)),
-        Err(e) => Some(Err(io::Error::other(e))),
-    }
+    Some(
+        text(&value, &mut out)
+            .map(|()| out)
+            .map_err(io::Error::other),
+    )
 }
 
 #[cfg(test)]
@@ -466,16 +463,95 @@ mod tests {
         assert_eq!(last_seqs(&p, 3), vec![3, 2, 2]);
     }
 
+    fn reply(buf: &[u8]) -> Option<io::Result<String>> {
+        parse_reply(&mut Scanner::new(), buf)
+    }
+
     #[test]
     fn resp_replies() {
-        assert_eq!(parse_reply(b"+PONG\r\n").unwrap().unwrap(), "PONG");
-        assert_eq!(parse_reply(b":12\r\n").unwrap().unwrap(), "12");
-        assert_eq!(parse_reply(b"$5\r\nhello\r\n").unwrap().unwrap(), "hello");
-        assert!(parse_reply(b"$5\r\nhel").is_none());
+        assert_eq!(reply(b"+PONG\r\n").unwrap().unwrap(), "PONG");
+        assert_eq!(reply(b":12\r\n").unwrap().unwrap(), "12");
+        assert_eq!(reply(b"$5\r\nhello\r\n").unwrap().unwrap(), "hello");
+        assert!(reply(b"$5\r\nhel").is_none());
         assert_eq!(
-            parse_reply(b"*2\r\n$1\r\na\r\n:3\r\n").unwrap().unwrap(),
+            reply(b"*2\r\n$1\r\na\r\n:3\r\n").unwrap().unwrap(),
             "a\n3\n"
         );
-        assert!(parse_reply(b"-ERR x\r\n").unwrap().is_err());
+        assert!(reply(b"-ERR x\r\n").unwrap().is_err());
+        assert!(reply(b"?what\r\n").unwrap().is_err());
+        // A reply arriving in pieces, as redis_cmd reads it.
+        let mut scanner = Scanner::new();
+        let whole = b"$11\r\nhello world\r\n";
+        for end in 1..whole.len() {
+            assert!(parse_reply(&mut scanner, &whole[..end]).is_none());
+        }
+        assert_eq!(
+            parse_reply(&mut scanner, whole).unwrap().unwrap(),
+            "hello world"
+        );
+    }
+
+    fn pconn_with(replies: &[u8], inflight: u64) -> (PConn, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = PConn::open(listener.local_addr().unwrap().port()).unwrap();
+        c.resp.extend_from_slice(replies);
+        c.inflight = inflight;
+        (c, listener)
+    }
+
+    #[test]
+    fn publish_replies_are_counted() {
+        let mut st = PubStats::default();
+        let (mut c, _l) = pconn_with(b":3\r\n:0\r\n-ERR no\r\n:2", 4);
+        redis_replies(&mut c, &mut st);
+        assert_eq!((st.replies, st.errors, st.receivers), (3, 1, 3));
+        assert_eq!(c.inflight, 1);
+        assert_eq!(c.resp, b":2");
+        assert_eq!(st.notes, ["redis: ERR no"]);
+        c.resp.extend_from_slice(b"\r\n");
+        redis_replies(&mut c, &mut st);
+        assert_eq!((st.replies, st.errors, st.receivers), (4, 1, 5));
+        assert!(c.resp.is_empty() && c.inflight == 0);
+    }
+
+    #[test]
+    fn publish_commands_are_resp_arrays() {
+        let (c, listener) = pconn_with(b"", 0);
+        let (mut server, _) = listener.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut p = Publisher {
+            kind: Kind::Redis,
+            port: 0,
+            conns: vec![c],
+            st: PubStats::default(),
+            payload: Vec::new(),
+            rbuf: Vec::new(),
+        };
+        p.publish("bench:7", 7, 1, 1, 64);
+        assert_eq!(p.st.sent, 1);
+        // What Redis receives is PUBLISH <channel> <payload>.
+        let mut received = Vec::new();
+        let mut scanner = Scanner::new();
+        let mut tmp = [0u8; 4096];
+        let len = loop {
+            if let Some(len) = scanner.scan(&received).unwrap() {
+                break len;
+            }
+            let n = server.read(&mut tmp).unwrap();
+            assert!(n > 0, "publisher closed");
+            received.extend_from_slice(&tmp[..n]);
+        };
+        assert_eq!(len, received.len());
+        let (value, _) = resp::parse(&received).unwrap().unwrap();
+        assert_eq!(
+            value,
+            Value::Array(Some(vec![
+                Value::Bulk(Some(b"PUBLISH")),
+                Value::Bulk(Some(b"bench:7")),
+                Value::Bulk(Some(&p.payload)),
+            ]))
+        );
     }
 }

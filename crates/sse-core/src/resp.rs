@@ -354,15 +354,34 @@ fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
         .ok_or(ProtocolError("malformed integer"))
 }
 
-/// Appends a command as a RESP array of bulk strings.
+/// Appends a command as a RESP array of bulk strings (no allocation beyond
+/// the growth of `out`).
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    header(out, b'*', args.len());
     for arg in args {
         let arg = arg.as_ref();
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        header(out, b'$', arg.len());
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `<kind><len>\r\n`.
+fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push(kind);
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What a reply on a subscribed connection means to us.
@@ -468,6 +487,12 @@ mod tests {
             b"*2\r\n$9\r\nSUBSCRIBE\r\n$3\r\na:b\r\n"
         );
         assert_eq!(cmd(&[""]), b"*1\r\n$0\r\n\r\n");
+        assert_eq!(cmd(&[]), b"*0\r\n");
+        let long = "x".repeat(1234567);
+        assert!(cmd(&[&long]).starts_with(b"*1\r\n$1234567\r\nxx"));
+        let mut out = Vec::new();
+        header(&mut out, b'$', usize::MAX);
+        assert_eq!(out, format!("${}\r\n", usize::MAX).as_bytes());
     }
 
     #[test]
