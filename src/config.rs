@@ -42,7 +42,6 @@ use sse_core::pattern::{Grants, Pattern};
 use sse_core::redis_url::RedisUrl;
 
 use crate::ngx_ext::{conf_args, NgxStrExt};
-use crate::stream;
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
@@ -572,7 +571,7 @@ extern "C" fn set_channel(
     // SAFETY: `cf` is the configuration being parsed, in a location block.
     unsafe {
         if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) {
-            clcf.handler = Some(stream::content_handler);
+            clcf.handler = Some(crate::http::content_handler);
             // "/path" (nginx.conf:12): the warning below is emitted at merge
             // time, when nginx's own position is the end of the block.
             let conf_file = (*cf).conf_file;

@@ -1,14 +1,21 @@
 //! nginx-sse: an nginx module that serves Server-Sent Events fed by Redis
 //! pub/sub.
 //!
-//! Layout (one file per concern):
-//! - [`config`]: directives, typed configuration, `nginx -t` errors;
-//! - [`stream`]: the content handler and the life of one SSE connection;
-//! - [`direct`]: the request-free transport of HTTP/1.x streams;
-//! - [`worker`]: per-worker state, fan-out, process start and shutdown;
-//! - [`redis`]: the worker's Redis connections inside nginx's event loop;
-//! - [`history`]: replay, catch-up and de-duplication of one stream;
-//! - [`ngx_ext`]: small wrappers around the raw FFI.
+//! Layout, top to bottom (each layer uses only the ones below it; the two
+//! lower layers that must call back up, streams ending and Redis events, do
+//! it through hooks the worker installs at start):
+//! - [`config`]: directives, typed configuration, `nginx -t` errors (its
+//!   `sse_channel` installs the content handler, as nginx modules do);
+//! - [`http`]: the content handler: admission, response header, opening;
+//! - [`worker`]: per-worker state, process start and shutdown, and
+//!   [`fanout`], what the worker does with what Redis hands it;
+//! - [`stream`]: one open stream: queue, flush, the one way it ends, and
+//!   nginx's callbacks into it;
+//! - [`replay`]: a stream's history replay and de-duplication;
+//! - [`transport`]: how bytes reach the client (nginx's output filters, or
+//!   written directly once the request is retired);
+//! - [`redis`]: the worker's Redis connections and their two protocols;
+//! - [`frame`], [`ngx_ext`]: shared event bytes, small FFI wrappers.
 //!
 //! The wire format, channel rules, Redis protocol and registry are pure Rust
 //! in the `sse-core` crate, where they are unit-tested.
@@ -18,12 +25,24 @@ use std::ptr::{addr_of, addr_of_mut};
 use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
+/// A debug-level log line: compiled in, written only by an nginx built
+/// `--with-debug` whose `error_log` level is `debug` (as `debug_http`).
+#[macro_export]
+macro_rules! sse_debug {
+    ($log:expr, $($arg:tt)+) => {
+        ngx::ngx_log_debug_mask!(DebugMask::Http, $log, $($arg)+)
+    };
+}
+
 mod config;
-mod direct;
-mod history;
+mod fanout;
+mod frame;
+mod http;
 mod ngx_ext;
 mod redis;
+mod replay;
 mod stream;
+mod transport;
 mod worker;
 
 pub struct SseModule;

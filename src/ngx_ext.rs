@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_array_t, ngx_conf_t, ngx_cycle, ngx_http_request_t, ngx_list_part_t, ngx_list_push,
-    ngx_log_t, ngx_str_t, ngx_table_elt_t,
+    ngx_array_t, ngx_conf_t, ngx_cycle, ngx_http_request_t, ngx_list_push, ngx_log_t, ngx_str_t,
+    ngx_table_elt_t,
 };
 
 pub trait NgxStrExt {
@@ -91,33 +91,4 @@ pub fn cycle_log() -> *mut ngx_log_t {
     // SAFETY: ngx_cycle is set before any module code runs and is only read
     // on the worker's (single) thread.
     unsafe { (*ngx_cycle).log }
-}
-
-/// The value of a request header (`lowercase_name` in lower case).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn find_request_header<'a>(
-    r: *mut ngx_http_request_t,
-    lowercase_name: &str,
-) -> Option<&'a ngx_str_t> {
-    // SAFETY: headers_in.headers is an ngx_list_t of ngx_table_elt_t whose
-    // parts are well-formed for a live request.
-    unsafe {
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
-        while !part.is_null() {
-            let elts = (*part).elts as *const ngx_table_elt_t;
-            for i in 0..(*part).nelts {
-                let h = &*elts.add(i);
-                if h.key
-                    .as_bytes()
-                    .eq_ignore_ascii_case(lowercase_name.as_bytes())
-                {
-                    return Some(&h.value);
-                }
-            }
-            part = (*part).next;
-        }
-    }
-    None
 }

@@ -1,5 +1,7 @@
-//! The history side of one stream (`sse_history on`): replay when it opens,
-//! catch-up after the worker lost Redis, and de-duplication by event id.
+//! The replay side of one stream (`sse_history on`): what it is sent from
+//! the history when it opens, the catch-up after the worker lost Redis, and
+//! de-duplication by event id. (The history itself, its keys and its rules,
+//! is `sse_core::history`; this is the nginx shell's use of it.)
 //!
 //! Steps, driven by the worker:
 //! 1. `AwaitingBarrier`: the stream's channels are subscribed; a `PING
@@ -20,8 +22,20 @@ use sse_core::frame;
 use sse_core::history::{self, ChannelHistory, Plan, Resume};
 use sse_core::resp::Value;
 
-use crate::redis::RequestKind;
-use crate::stream::Frame;
+use crate::frame::Frame;
+
+/// What each read of a replay's transaction is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// The EXEC of a MULTI holding all the reads below: one atomic snapshot.
+    Snapshot,
+    /// GET of the global sequence.
+    Seq,
+    /// XRANGE / XREVRANGE of channel `i` of the stream's history.
+    Range(usize),
+    /// HGET of channel `i`'s last id.
+    Last(usize),
+}
 
 /// The event that announces missing history; data: the channels, comma-separated.
 pub const GAP_EVENT: &[u8] = b"sse-gap";
@@ -36,7 +50,7 @@ pub enum Phase {
     Live,
 }
 
-pub struct History {
+pub struct Replay {
     resume: Resume,
     /// `sse_history_start`: last N per channel for a fresh subscriber.
     start_last: usize,
@@ -60,9 +74,9 @@ pub struct History {
     failed: Vec<bool>,
 }
 
-impl History {
+impl Replay {
     pub fn new(resume: Resume, start_last: usize, channels: Vec<Box<[u8]>>) -> Self {
-        History {
+        Replay {
             resume,
             start_last,
             last_id: 0,
@@ -197,7 +211,7 @@ impl History {
                 Ok(entries) => self.results[i].entries = entries,
                 Err(e) => {
                     self.failed[i] = true;
-                    problem = Some(e);
+                    problem = Some(e.to_string());
                 }
             },
             RequestKind::Last(i) => {

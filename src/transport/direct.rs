@@ -24,7 +24,8 @@ use ngx::ffi::{
 
 use sse_core::frame;
 
-use crate::stream::Frame;
+use super::Written;
+use crate::frame::Frame;
 
 /// How long a clean end may take to write the last bytes before the
 /// connection is closed anyway (a timer that keeps an exiting worker until
@@ -86,14 +87,6 @@ pub struct Direct {
     /// nginx's `send_timeout` of the location: how long a client may take
     /// no bytes at all while some are waiting for it.
     send_timeout: ngx_msec_t,
-}
-
-/// What a write did.
-pub enum Written {
-    /// Bytes written; the socket may be full (the write event will tell).
-    Some(usize),
-    /// The connection is broken.
-    Error,
 }
 
 impl Direct {

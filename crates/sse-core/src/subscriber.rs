@@ -164,7 +164,13 @@ impl Session {
             (Sent::Auth, Value::Error(e)) => Err(Fatal::AuthRefused(lossy(e))),
             (Sent::Auth, Value::Simple(_)) => Ok(Reply::Done),
             (Sent::Auth, _) => Err(unexpected("AUTH".into())),
-            (Sent::Subscribe(key), Value::Error(reason)) => Ok(Reply::Refused { key, reason }),
+            (Sent::Subscribe(key), Value::Error(reason)) if refuses_channel(reason) => {
+                Ok(Reply::Refused { key, reason })
+            }
+            (Sent::Subscribe(key), Value::Error(reason)) => Err(Fatal::Refused {
+                command: format!("SUBSCRIBE \"{}\"", lossy(&key)),
+                reason: lossy(reason),
+            }),
             (Sent::Subscribe(key), _) => {
                 if confirms(value, &[b"subscribe", b"psubscribe"], &key) {
                     Ok(Reply::Done)
@@ -205,6 +211,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether an error answering a SUBSCRIBE refuses that channel alone (an
+/// ACL without it) rather than the connection (no AUTH, no right to
+/// SUBSCRIBE at all, loading...), which must be dropped and retried.
+fn refuses_channel(reason: &[u8]) -> bool {
+    let reason = String::from_utf8_lossy(reason).to_ascii_lowercase();
+    reason.starts_with("noperm") && reason.contains("channel")
 }
 
 /// A published message, if `value` is one.
@@ -324,15 +338,23 @@ mod tests {
         let mut s = Session::default();
         let mut out = Vec::new();
         s.subscribe(&mut out, &[b"fz1", b"other", b"fz2"]);
-        assert_eq!(s.reply(&confirmation(b"subscribe", b"fz1")), Ok(Reply::Done));
         assert_eq!(
-            s.reply(&Value::Error(b"NOPERM no permissions")),
+            s.reply(&confirmation(b"subscribe", b"fz1")),
+            Ok(Reply::Done)
+        );
+        let acl =
+            b"NOPERM this user has no permissions to access one of the channels used as arguments";
+        assert_eq!(
+            s.reply(&Value::Error(acl)),
             Ok(Reply::Refused {
                 key: (*b"other").into(),
-                reason: b"NOPERM no permissions"
+                reason: acl
             })
         );
-        assert_eq!(s.reply(&confirmation(b"subscribe", b"fz2")), Ok(Reply::Done));
+        assert_eq!(
+            s.reply(&confirmation(b"subscribe", b"fz2")),
+            Ok(Reply::Done)
+        );
     }
 
     #[test]
@@ -358,6 +380,21 @@ mod tests {
             s.reply(&confirmation(b"subscribe", b"b")),
             Err(Fatal::Unexpected { .. })
         ));
+
+        // Errors that refuse the connection, not one channel, are fatal.
+        for reason in [
+            &b"NOAUTH Authentication required."[..],
+            b"NOPERM this user has no permissions to run the 'subscribe' command",
+            b"LOADING Redis is loading the dataset in memory",
+        ] {
+            s.reset();
+            s.subscribe(&mut out, &[b"a"]);
+            assert!(
+                matches!(s.reply(&Value::Error(reason)), Err(Fatal::Refused { .. })),
+                "{}",
+                String::from_utf8_lossy(reason)
+            );
+        }
 
         s.reset();
         s.ping(&mut out, Ping::Keepalive);

@@ -1,0 +1,267 @@
+//! Fan-out: what the worker does with what Redis hands it, while a Redis
+//! event is being handled. Messages go to the streams subscribed to the key
+//! that delivered them (formatted once, shared by all); control messages
+//! revoke users; refusals end the streams that asked for the refused key;
+//! history replies complete replays.
+//!
+//! Nothing here calls into nginx's request code: what must end or flush a
+//! stream is recorded in [`Effects`] and done by the worker once the Redis
+//! handler has returned (ending a stream re-enters the worker's state).
+
+use std::collections::HashMap;
+
+use ngx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
+use ngx::ngx_log_error;
+use sse_core::channel;
+use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
+use sse_core::frame;
+use sse_core::registry::Registry;
+use sse_core::resp::Value;
+
+use crate::frame::{Frame, REFUSED_EVENT};
+use crate::ngx_ext::cycle_log;
+use crate::redis::{CommandsSink, Request, SubscriberSink};
+use crate::replay::{Phase, RequestKind};
+use crate::stream::{Stream, StreamKey};
+
+/// What a Redis event handler asks the worker to do afterwards.
+#[derive(Default)]
+pub struct Effects {
+    /// Send a barrier (the token is `barrier_token + 1`).
+    pub barrier: bool,
+    /// Streams whose history reads should go out now.
+    pub fetch: Vec<u64>,
+    /// Streams to end cleanly (revocation).
+    pub revoked: Vec<StreamKey>,
+    /// Streams to end because Redis refused one of their subscriptions,
+    /// with the `sse-refused` event that tells them which.
+    pub refused: Vec<(StreamKey, Frame)>,
+}
+
+/// The worker as its Redis connections see it while they handle an event.
+pub struct Fanout<'a> {
+    pub registry: &'a Registry<StreamKey>,
+    pub streams: &'a HashMap<u64, StreamKey>,
+    /// Streams that received frames in this batch, to flush once each.
+    pub dirty: &'a mut Vec<StreamKey>,
+    /// Reused buffer in which each message is formatted once.
+    pub scratch: &'a mut Vec<u8>,
+    /// The token the next barrier will carry.
+    pub next_token: u64,
+    pub effects: &'a mut Effects,
+    /// `sse_redis_prefix`: events whose id another prefix issued are not ours.
+    pub prefix: &'a [u8],
+    /// `sse_max_message_size`.
+    pub max_message: usize,
+}
+
+/// A registered stream. Registered streams are live, and nothing here runs
+/// nginx code that could end one.
+fn stream<'s>(key: StreamKey) -> &'s mut Stream {
+    // SAFETY: see above; the fan-out only holds keys of registered streams.
+    unsafe { &mut *key.as_ptr() }
+}
+
+impl Fanout<'_> {
+    fn mark_dirty(&mut self, key: StreamKey) {
+        let s = stream(key);
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// The streams that keep history, with their ids.
+    fn replaying(&self) -> Vec<(u64, StreamKey)> {
+        self.streams
+            .iter()
+            .filter(|(_, &key)| stream(key).replay.is_some())
+            .map(|(&id, &key)| (id, key))
+            .collect()
+    }
+
+    fn control(&mut self, payload: &[u8]) {
+        match envelope::parse_control(payload) {
+            Ok(Control::Revoke(users)) => {
+                for &key in self.streams.values() {
+                    if stream(key).user().is_some_and(|u| users.contains(&u)) {
+                        self.effects.revoked.push(key);
+                    }
+                }
+            }
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a control message: {}",
+                    e
+                );
+            }
+        }
+    }
+}
+
+impl SubscriberSink for Fanout<'_> {
+    fn message(&mut self, key: &[u8], channel: &[u8], payload: &[u8]) {
+        if channel::is_reserved(channel) {
+            // The module's own channels never reach clients. A client's
+            // pattern glob (`*:*`) can match them too: only the worker's
+            // own subscription counts, so each control message acts once.
+            if key == CONTROL_CHANNEL.as_bytes() {
+                self.control(payload);
+            }
+            return;
+        }
+        let subscribers = self.registry.subscribers(key);
+        if subscribers.is_empty() {
+            // Unsubscribed a moment ago; Redis had already sent it.
+            return;
+        }
+        if payload.len() > self.max_message {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle_log(),
+                "sse: skipped a message of {} bytes on \"{}\": larger than sse_max_message_size {}",
+                payload.len(),
+                String::from_utf8_lossy(channel).escape_debug(),
+                self.max_message
+            );
+            return;
+        }
+        let envelope = match envelope::parse(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a message on \"{}\": {}",
+                    String::from_utf8_lossy(channel).escape_debug(),
+                    e
+                );
+                return;
+            }
+        };
+        if !envelope.belongs_to(self.prefix) {
+            // Published with history under another sse_redis_prefix: its id
+            // is a position in another application's sequence.
+            sse_debug!(
+                cycle_log(),
+                "sse: skipped an event of another sse_redis_prefix on \"{}\"",
+                String::from_utf8_lossy(channel).escape_debug()
+            );
+            return;
+        }
+        // Formatted once, on first use, and shared by every recipient.
+        let mut shared: Option<Frame> = None;
+        for &sub in subscribers {
+            let s = stream(sub);
+            if !s.admits(key, channel, &envelope) {
+                continue;
+            }
+            let frame = shared.get_or_insert_with(|| {
+                let id = envelope.id.map(|id| id.to_string());
+                Frame::encode(self.scratch, |out| {
+                    frame::encode_event(
+                        out,
+                        Some(channel),
+                        id.as_deref().map(str::as_bytes),
+                        envelope.body,
+                    )
+                })
+            });
+            s.deliver(envelope.id, frame.clone());
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(sub);
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<u8>> {
+        self.registry.keys().map(<[u8]>::to_vec).collect()
+    }
+
+    fn resubscribed(&mut self) {
+        // Whatever was published while the subscription was down is read
+        // back from the history, after a barrier.
+        let token = self.next_token;
+        let replaying = self.replaying();
+        for (_, key) in &replaying {
+            if let Some(replay) = stream(*key).replay.as_mut() {
+                replay.restart(token);
+            }
+        }
+        self.effects.barrier |= !replaying.is_empty();
+    }
+
+    fn barrier(&mut self, token: u64) {
+        for (id, key) in self.replaying() {
+            if let Some(replay) = stream(key).replay.as_mut() {
+                if matches!(replay.phase, Phase::AwaitingBarrier(t) if t <= token) {
+                    replay.phase = Phase::Queued;
+                    self.effects.fetch.push(id);
+                }
+            }
+        }
+    }
+
+    fn refused(&mut self, key: &[u8], reason: &[u8]) {
+        let subscribers = self.registry.subscribers(key);
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            cycle_log(),
+            "sse: redis refused to subscribe to \"{}\" (\"{}\"); ending the {} stream(s) that asked for it",
+            String::from_utf8_lossy(key).escape_debug(),
+            String::from_utf8_lossy(reason).escape_debug(),
+            subscribers.len()
+        );
+        for &sub in subscribers {
+            if let Some(name) = stream(sub).subscription_for_key(key) {
+                let event = Frame::encode(self.scratch, |out| {
+                    frame::encode_event(out, Some(REFUSED_EVENT), None, name)
+                });
+                self.effects.refused.push((sub, event));
+            }
+        }
+    }
+}
+
+impl CommandsSink for Fanout<'_> {
+    fn commands_ready(&mut self) {
+        for (id, key) in self.replaying() {
+            if stream(key)
+                .replay
+                .as_ref()
+                .is_some_and(|r| r.phase == Phase::Queued)
+            {
+                self.effects.fetch.push(id);
+            }
+        }
+    }
+
+    fn reply(&mut self, request: Request, value: &Value<'_>) {
+        let Some(&key) = self.streams.get(&request.stream) else {
+            return; // the stream ended meanwhile
+        };
+        let s = stream(key);
+        let Some(replay) = s.replay.as_mut() else {
+            return;
+        };
+        if replay.generation != request.generation || replay.phase != Phase::Fetching {
+            return; // a reply to an abandoned read
+        }
+        let (done, problem) = replay.reply(RequestKind::Snapshot, value);
+        if let Some(problem) = problem {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle_log(),
+                "sse: history read failed: {}",
+                problem
+            );
+        }
+        if done {
+            s.finish_replay(self.scratch, self.max_message);
+            self.mark_dirty(key);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The content handler of `sse_channel` locations: admit the request, send
+//! the event-stream header, hand the connection to a stream.
+//!
+//! Like nginx's own small handlers, it reads top to bottom: method, body,
+//! admission ([`admission`]), shutdown check, history position, header
+//! ([`response`]), then [`Stream::open`] and the worker's fan-out.
+
+mod admission;
+mod response;
+
+use ngx::ffi::{
+    ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_tcp_nodelay, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_OK,
+};
+use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
+use sse_core::history::Resume;
+
+use crate::ngx_ext::{add_pool_header, add_static_header, static_str};
+use crate::replay::Replay;
+use crate::stream::{Opening, Stream};
+use crate::{worker, SseModule};
+
+/// The query argument that carries the last event id on a first connection
+/// (EventSource cannot set headers).
+const LAST_EVENT_ID_ARG: &str = "last_event_id";
+
+/// The content handler of every `sse_channel` location.
+///
+/// # Safety
+/// nginx calls content handlers with a live main request on the worker
+/// thread.
+pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: see above.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let r = response::raw(request);
+    if request.method() != Method::GET {
+        // SAFETY: `r` is live and its header is not sent.
+        unsafe {
+            add_static_header(r, "Allow", "GET");
+            return response::send_error(
+                r,
+                NGX_HTTP_NOT_ALLOWED,
+                "sse: only GET opens an event stream\n",
+            );
+        }
+    }
+    let rc = request.discard_request_body().0;
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+    let Some(lcf) = SseModule::location_conf(request) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let admitted = match admission::admit(request, lcf) {
+        Ok(admitted) => admitted,
+        // SAFETY: as above.
+        Err(refusal) => return unsafe { response::send_error(r, refusal.status, &refusal.reason) },
+    };
+    if !worker::accepting() {
+        // SAFETY: as above.
+        return unsafe {
+            response::send_error(
+                r,
+                NGX_HTTP_SERVICE_UNAVAILABLE,
+                "sse: server is shutting down\n",
+            )
+        };
+    }
+
+    let replay = (lcf.history == 1).then(|| {
+        let channels = admitted
+            .subscriptions
+            .iter()
+            .filter(|p| p.is_concrete())
+            .map(|p| Box::<[u8]>::from(p.as_bytes()))
+            .collect();
+        // SAFETY: `r` is live.
+        let resume = unsafe { resume_position(request) };
+        Replay::new(resume, lcf.history_start as usize, channels)
+    });
+    if let Some(Resume::After(since)) = replay.as_ref().map(Replay::resume) {
+        // Where the replay starts, for clients that read headers.
+        // SAFETY: `r` is live and its header is not sent.
+        unsafe { add_pool_header(r, "Last-Event-ID", since.to_string().as_bytes()) };
+    }
+    // Events are small writes that must leave at once: without TCP_NODELAY,
+    // Nagle's algorithm holds one back until the previous one is
+    // acknowledged, and delayed ACKs make that up to 40 ms.
+    if NgxHttpCoreModule::location_conf(request).is_some_and(|clcf| clcf.tcp_nodelay != 0) {
+        // SAFETY: the request's live connection.
+        unsafe { ngx_tcp_nodelay(request.connection()) };
+    }
+
+    // SAFETY: `r` is live and its header is not sent.
+    let rc = unsafe { response::send_stream_header(r, lcf.retry, &admitted.refused) };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+        return rc;
+    }
+    let opening = Opening {
+        subscriptions: admitted.subscriptions,
+        user: admitted.user,
+        grants: admitted.grants,
+        replay,
+        id: worker::next_stream_id(),
+        max_backlog: lcf.max_backlog,
+        heartbeat_ms: lcf.heartbeat,
+    };
+    // SAFETY: `r` is the live main request and this handler returns NGX_DONE.
+    let Some(stream) = (unsafe { Stream::open(r, opening) }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    worker::register(stream);
+    NGX_DONE as ngx_int_t
+}
+
+/// `Last-Event-ID` from the header or, failing that, the query argument.
+///
+/// # Safety
+/// `request` must be live.
+unsafe fn resume_position(request: &mut Request) -> Resume {
+    let mut arg = static_str("");
+    // SAFETY: the caller's contract; nginx only reads the name, and `arg`
+    // points into the request's own buffers.
+    let has_arg = unsafe {
+        ngx_http_arg(
+            response::raw(request),
+            LAST_EVENT_ID_ARG.as_ptr() as *mut u8,
+            LAST_EVENT_ID_ARG.len(),
+            &mut arg,
+        )
+    } == NGX_OK as ngx_int_t;
+    let header = request
+        .headers_in_iterator()
+        .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(b"last-event-id"))
+        .map(|(_, value)| value.as_bytes());
+    Resume::from_request(header, has_arg.then(|| arg.as_bytes()))
+}

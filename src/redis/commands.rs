@@ -1,0 +1,164 @@
+//! The commands conversation: history reads as MULTI/EXEC transactions,
+//! replies matched to requests in order. On connect it loads the
+//! `sse_publish` function (a refusal is logged, not fatal: ops may load
+//! it themselves).
+
+use std::collections::VecDeque;
+
+use ngx::ffi::NGX_LOG_WARN;
+use ngx::ngx_log_error;
+use sse_core::resp::{self, Value};
+
+use super::connection::{Connection, Conversation, Protocol};
+use crate::ngx_ext::cycle_log;
+
+/// A history read, as the worker tags it: the stream and the stream's read
+/// generation (replies to an abandoned read are ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub stream: u64,
+    pub generation: u32,
+}
+
+/// What the commands connection needs from the worker.
+pub trait CommandsSink {
+    /// The connection is up: requests may be sent.
+    fn commands_ready(&mut self);
+    /// The reply to a request (the EXEC's array).
+    fn reply(&mut self, request: Request, value: &Value<'_>);
+}
+
+/// What a reply on the commands connection answers.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    /// AUTH, MULTI, a queued command, a keepalive PING: an error means the
+    /// connection is unusable.
+    Internal,
+    /// The greeting's PING: its answer makes the connection up.
+    Ready,
+    /// FUNCTION LOAD of redis/sse.lua.
+    FunctionLoad,
+    Request(Request),
+}
+
+pub struct Commands {
+    /// What each reply in flight answers, oldest first.
+    pending: VecDeque<Pending>,
+    /// The function library to load on connect.
+    function: Option<&'static str>,
+    /// Requests whose connection broke before their reply, for the worker
+    /// to send again.
+    lost: Vec<Request>,
+    /// The last refusal of FUNCTION LOAD logged (each distinct one once).
+    function_error: Vec<u8>,
+}
+
+impl Commands {
+    pub fn new(function: Option<&'static str>) -> Self {
+        Commands {
+            pending: VecDeque::new(),
+            function,
+            lost: Vec::new(),
+            function_error: Vec::new(),
+        }
+    }
+}
+
+impl Conversation for Commands {
+    const LABEL: &'static str = "redis (history)";
+
+    fn keepalive(&mut self, out: &mut Vec<u8>) {
+        resp::encode_command(out, &[b"PING"]);
+        self.pending.push_back(Pending::Internal);
+    }
+
+    fn dropped(&mut self) {
+        self.lost
+            .extend(self.pending.drain(..).filter_map(|p| match p {
+                Pending::Request(r) => Some(r),
+                _ => None,
+            }));
+    }
+}
+
+impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
+    fn greet(&mut self, out: &mut Vec<u8>, auth: Option<&[Vec<u8>]>, _sink: &S) {
+        if let Some(args) = auth {
+            let mut command: Vec<&[u8]> = vec![b"AUTH"];
+            command.extend(args.iter().map(Vec::as_slice));
+            resp::encode_command(out, &command);
+            self.pending.push_back(Pending::Internal);
+        }
+        if let Some(code) = self.function {
+            resp::encode_command(
+                out,
+                &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", code.as_bytes()],
+            );
+            self.pending.push_back(Pending::FunctionLoad);
+        }
+        resp::encode_command(out, &[b"PING"]);
+        self.pending.push_back(Pending::Ready);
+    }
+
+    fn reply(&mut self, value: &Value<'_>, sink: &mut S) -> Result<bool, String> {
+        match (self.pending.pop_front(), value) {
+            (Some(Pending::Request(request)), _) => sink.reply(request, value),
+            (Some(Pending::FunctionLoad), Value::Error(msg)) => {
+                if self.function_error != *msg {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        cycle_log(),
+                        "sse: redis refused to load the sse_publish function (\"{}\"); load redis/sse.lua yourself",
+                        String::from_utf8_lossy(msg)
+                    );
+                    self.function_error = msg.to_vec();
+                }
+            }
+            (Some(Pending::Internal | Pending::Ready), Value::Error(msg)) => {
+                return Err(format!("answered \"{}\"", String::from_utf8_lossy(msg)));
+            }
+            (Some(Pending::Ready), _) => return Ok(true),
+            (Some(_), _) => {}
+            (None, _) => return Err("sent a reply to no request".into()),
+        }
+        Ok(false)
+    }
+
+    fn up(&mut self, _again: bool, sink: &mut S) -> String {
+        sink.commands_ready();
+        String::new()
+    }
+}
+
+impl Connection<Commands> {
+    /// Queues `commands` as one MULTI/EXEC transaction, so that Redis runs
+    /// them with nothing in between; the EXEC reply (an array of their
+    /// replies) goes to [`CommandsSink::reply`] as `request`. Written by
+    /// [`Connection::send`]. False if the connection is not up.
+    pub fn transaction(&mut self, request: Request, commands: &[Vec<Vec<u8>>]) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        let pending = &mut self.protocol.pending;
+        resp::encode_command(&mut self.wbuf, &[b"MULTI"]);
+        pending.push_back(Pending::Internal);
+        for args in commands {
+            resp::encode_command(&mut self.wbuf, args);
+            // "+QUEUED"
+            pending.push_back(Pending::Internal);
+        }
+        resp::encode_command(&mut self.wbuf, &[b"EXEC"]);
+        pending.push_back(Pending::Request(request));
+        true
+    }
+
+    /// Writes the transactions queued with [`Connection::transaction`].
+    pub fn send(&mut self) {
+        self.write_out();
+    }
+
+    /// Requests that lost their connection before their reply.
+    pub fn take_lost(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.protocol.lost)
+    }
+}
