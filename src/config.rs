@@ -355,7 +355,7 @@ extern "C" fn set_history_start(
     // directive's arguments.
     let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
     if lcf.history_start != UNSET_NUM {
-        return ConfError::Duplicate.report(cf, "sse_history_start");
+        return ConfError::Duplicate.report(cf);
     }
     let value = args[1].to_string_lossy();
     lcf.history_start = match value.as_str() {
@@ -367,7 +367,7 @@ extern "C" fn set_history_start(
                     value,
                     format!("expected \"newest\" or a count from 1 to {MAX_HISTORY_START}"),
                 )
-                .report(cf, "sse_history_start")
+                .report(cf)
             }
         },
     };
@@ -385,11 +385,11 @@ extern "C" fn set_prefix(
     // directive's arguments.
     let (main, args) = unsafe { (&mut *(conf as *mut MainConf), conf_args(cf)) };
     if main.prefix.is_some() {
-        return ConfError::Duplicate.report(cf, "sse_redis_prefix");
+        return ConfError::Duplicate.report(cf);
     }
     let value = args[1].to_string_lossy();
     if let Err(e) = sse_core::channel::ChannelName::parse(value.as_bytes()) {
-        return ConfError::BadValue(value, e.to_string()).report(cf, "sse_redis_prefix");
+        return ConfError::BadValue(value, e.to_string()).report(cf);
     }
     main.prefix = Some(value);
     ptr::null_mut()
@@ -408,7 +408,19 @@ enum ConfError {
 }
 
 impl ConfError {
-    fn report(&self, cf: *mut ngx_conf_t, directive: &str) -> *mut c_char {
+    /// Reports the error for the directive being parsed (its name is the
+    /// first of its arguments).
+    fn report(&self, cf: *mut ngx_conf_t) -> *mut c_char {
+        // SAFETY: called from directive handlers, while `cf->args` holds
+        // the directive being parsed.
+        let directive = unsafe { conf_args(cf) }
+            .first()
+            .map_or_else(String::new, |name| name.to_string_lossy());
+        self.report_as(cf, &directive)
+    }
+
+    /// Reports the error for `directive` (outside its handler: defaults).
+    fn report_as(&self, cf: *mut ngx_conf_t, directive: &str) -> *mut c_char {
         match self {
             ConfError::BadRedisUrl(value, err) => {
                 ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{directive}\": URL \"{value}\" {err}");
@@ -464,6 +476,7 @@ unsafe fn redis_target(cf: *mut ngx_conf_t, value: &str) -> Result<RedisTarget, 
     // SAFETY: ngx_url_t is a plain C struct for which all-zero is the
     // documented initial state; the pool outlives the configuration.
     let mut u: ngx_url_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the configuration pool is live at configuration time.
     u.url = unsafe { ngx_str_t::from_bytes((*cf).pool, address.as_bytes()) }
         .ok_or_else(|| ConfError::Unresolvable(address.clone(), "out of memory".into()))?;
     u.default_port = sse_core::redis_url::DEFAULT_PORT;
@@ -499,7 +512,7 @@ extern "C" fn set_redis_url(
     // NGX_HTTP_MAIN_CONF_OFFSET directive, and the directive's arguments.
     let (main, args) = unsafe { (&mut *(conf as *mut MainConf), conf_args(cf)) };
     if main.redis.is_some() {
-        return ConfError::Duplicate.report(cf, "sse_redis_url");
+        return ConfError::Duplicate.report(cf);
     }
     let value = args[1].to_string_lossy();
     // SAFETY: called at configuration time with nginx's conf context.
@@ -508,7 +521,7 @@ extern "C" fn set_redis_url(
             main.redis = Some(target);
             ptr::null_mut()
         }
-        Err(e) => e.report(cf, "sse_redis_url"),
+        Err(e) => e.report(cf),
     }
 }
 
@@ -523,7 +536,7 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
         // SAFETY: configuration time, nginx's conf context.
         match unsafe { redis_target(cf, DEFAULT_REDIS_URL) } {
             Ok(target) => main.redis = Some(target),
-            Err(e) => return e.report(cf, "sse_redis_url"),
+            Err(e) => return e.report_as(cf, "sse_redis_url"),
         }
     }
     ptr::null_mut()
@@ -538,7 +551,7 @@ extern "C" fn set_channel(
     // NGX_HTTP_LOC_CONF_OFFSET directive.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
     if !lcf.channels.is_empty() {
-        return ConfError::Duplicate.report(cf, "sse_channel");
+        return ConfError::Duplicate.report(cf);
     }
     // SAFETY: the arguments of the directive being parsed.
     let args = unsafe { conf_args(cf) };
@@ -549,7 +562,7 @@ extern "C" fn set_channel(
         let cv = match unsafe { compile_complex_value(cf, arg) } {
             Some(cv) => cv,
             None => {
-                return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf, "sse_channel")
+                return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf)
             }
         };
         // A value without variables is checked now, so a typo fails `nginx -t`
@@ -561,7 +574,7 @@ extern "C" fn set_channel(
                 patterns: true,
             };
             if let Err(e) = channel::parse_channel_list(&[arg.as_bytes()], rules) {
-                return ConfError::BadChannel(arg.to_string_lossy(), e).report(cf, "sse_channel");
+                return ConfError::BadChannel(arg.to_string_lossy(), e).report(cf);
             }
         }
         lcf.channels.push(cv);
@@ -624,7 +637,7 @@ extern "C" fn set_heartbeat(
     let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
     if args[1].as_bytes() == b"off" {
         if lcf.heartbeat != UNSET_MSEC {
-            return ConfError::Duplicate.report(cf, "sse_heartbeat");
+            return ConfError::Duplicate.report(cf);
         }
         lcf.heartbeat = 0;
         return ptr::null_mut();
@@ -644,20 +657,20 @@ extern "C" fn set_allow(
     // directive's arguments.
     let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
     if lcf.allow.is_some() {
-        return ConfError::Duplicate.report(cf, "sse_allow");
+        return ConfError::Duplicate.report(cf);
     }
     let mut values = Vec::with_capacity(args.len() - 1);
     for arg in &args[1..] {
         // SAFETY: see compile_complex_value.
         let Some(cv) = (unsafe { compile_complex_value(cf, arg) }) else {
-            return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf, "sse_allow");
+            return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf);
         };
         // SAFETY: cv was just compiled by nginx.
         if unsafe { (*cv).lengths.is_null() } {
             let (_, invalid) = Grants::parse(&[arg.as_bytes()]);
             if !invalid.is_empty() {
                 return ConfError::BadGrant(arg.to_string_lossy(), invalid.join(", "))
-                    .report(cf, "sse_allow");
+                    .report(cf);
             }
         }
         values.push(cv);
@@ -676,7 +689,7 @@ extern "C" fn set_user(
     // directive's arguments.
     let (lcf, args) = unsafe { (&mut *(conf as *mut LocConf), conf_args(cf)) };
     if lcf.user.is_some() {
-        return ConfError::Duplicate.report(cf, "sse_user");
+        return ConfError::Duplicate.report(cf);
     }
     // SAFETY: see compile_complex_value.
     match unsafe { compile_complex_value(cf, &args[1]) } {
@@ -684,7 +697,7 @@ extern "C" fn set_user(
             lcf.user = Some(cv);
             ptr::null_mut()
         }
-        None => ConfError::BadComplexValue(args[1].to_string_lossy()).report(cf, "sse_user"),
+        None => ConfError::BadComplexValue(args[1].to_string_lossy()).report(cf),
     }
 }
 
