@@ -561,9 +561,7 @@ extern "C" fn set_channel(
         // allocated from the configuration pool.
         let cv = match unsafe { compile_complex_value(cf, arg) } {
             Some(cv) => cv,
-            None => {
-                return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf)
-            }
+            None => return ConfError::BadComplexValue(arg.to_string_lossy()).report(cf),
         };
         // A value without variables is checked now, so a typo fails `nginx -t`
         // instead of every request.
@@ -669,8 +667,7 @@ extern "C" fn set_allow(
         if unsafe { (*cv).lengths.is_null() } {
             let (_, invalid) = Grants::parse(&[arg.as_bytes()]);
             if !invalid.is_empty() {
-                return ConfError::BadGrant(arg.to_string_lossy(), invalid.join(", "))
-                    .report(cf);
+                return ConfError::BadGrant(arg.to_string_lossy(), invalid.join(", ")).report(cf);
             }
         }
         values.push(cv);
