@@ -42,6 +42,7 @@ use sse_core::pattern::{Grants, Pattern};
 use sse_core::redis_url::RedisUrl;
 
 use crate::ngx_ext::{conf_args, NgxStrExt};
+use crate::redis::RedisTarget;
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
@@ -60,16 +61,6 @@ const UNSET_SIZE: usize = usize::MAX;
 const UNSET_NUM: ngx_int_t = -1;
 const UNSET_FLAG: ngx_flag_t = -1;
 const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
-
-/// Where the worker's Redis connection goes: the parsed URL and the address
-/// nginx resolved for it at configuration time (as for `proxy_pass`).
-pub struct RedisTarget {
-    pub url: RedisUrl,
-    pub sockaddr: *mut ngx::ffi::sockaddr,
-    pub socklen: ngx::ffi::socklen_t,
-    /// `host:port` text for log lines; lives in the configuration pool.
-    pub name: ngx_str_t,
-}
 
 /// http-level configuration.
 pub struct MainConf {
@@ -580,26 +571,24 @@ extern "C" fn set_channel(
     }
 
     // SAFETY: `cf` is the configuration being parsed, in a location block.
-    unsafe {
-        if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) {
-            clcf.handler = Some(crate::http::content_handler);
-            // "/path" (nginx.conf:12): the warning below is emitted at merge
-            // time, when nginx's own position is the end of the block.
-            let conf_file = (*cf).conf_file;
-            lcf.location = if conf_file.is_null() {
-                format!("\"{}\"", clcf.name.to_string_lossy())
-            } else {
-                format!(
-                    "\"{}\" ({}:{})",
-                    clcf.name.to_string_lossy(),
-                    (*conf_file).file.name.to_string_lossy(),
-                    (*conf_file).line
-                )
-            };
-        }
-        if let Some(main) = crate::SseModule::main_conf_mut(&*cf) {
-            main.used = true;
-        }
+    let cf_ref = unsafe { &*cf };
+    if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) {
+        clcf.handler = Some(crate::http::content_handler);
+        // "/path" (nginx.conf:12): the warning below is emitted at merge
+        // time, when nginx's own position is the end of the block.
+        let name = clcf.name.to_string_lossy();
+        // SAFETY: nginx sets `conf_file` to the file being parsed (or null).
+        lcf.location = match unsafe { cf_ref.conf_file.as_ref() } {
+            None => format!("\"{name}\""),
+            Some(file) => format!(
+                "\"{name}\" ({}:{})",
+                file.file.name.to_string_lossy(),
+                file.line
+            ),
+        };
+    }
+    if let Some(main) = crate::SseModule::main_conf_mut(cf_ref) {
+        main.used = true;
     }
     ptr::null_mut()
 }

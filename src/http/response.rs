@@ -37,16 +37,19 @@ pub unsafe fn send_stream_header(
         out.content_type_len = out.content_type.len;
         out.content_type_lowcase = ptr::null_mut();
         out.content_length_n = -1;
-        if !add_static_header(r, "Cache-Control", "no-cache")
-            || !add_static_header(r, "X-Accel-Buffering", "no")
-        {
-            return NGX_ERROR as ngx_int_t;
-        }
         // A stream is never a conditional response: without this, nginx's
         // not-modified filter answers `If-None-Match: *` with a 304 (and
         // `If-Match` with a 412), and the stream would follow that
         // header-only response on the connection.
         (*r).set_disable_not_modified(1);
+    }
+    // SAFETY: as above.
+    let added = unsafe {
+        add_static_header(r, "Cache-Control", "no-cache")
+            && add_static_header(r, "X-Accel-Buffering", "no")
+    };
+    if !added {
+        return NGX_ERROR as ngx_int_t;
     }
     let rc = request.send_header().0;
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {

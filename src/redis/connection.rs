@@ -25,8 +25,9 @@ use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
 use sse_core::resp::{self, Scanner, Value};
 
-use super::{ping_handler, read_handler, reconnect_handler, write_handler, RedisEvent, Role};
-use crate::config::RedisTarget;
+use super::{
+    ping_handler, read_handler, reconnect_handler, write_handler, RedisEvent, RedisTarget, Role,
+};
 use crate::ngx_ext::{cycle_log, NgxStrExt};
 
 const CONNECT_TIMEOUT_MS: ngx_msec_t = 3_000;

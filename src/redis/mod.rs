@@ -20,11 +20,22 @@ pub mod subscriber;
 use std::cell::Cell;
 use std::ffi::c_void;
 
-use ngx::ffi::{ngx_connection_t, ngx_event_t};
+use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_str_t};
+use sse_core::redis_url::RedisUrl;
 
 pub use commands::{Commands, CommandsSink, Request};
 pub use connection::Connection;
 pub use subscriber::{Subscriber, SubscriberSink};
+
+/// Where the worker's Redis connection goes: the parsed URL and the address
+/// nginx resolved for it at configuration time (as for `proxy_pass`).
+pub struct RedisTarget {
+    pub url: RedisUrl,
+    pub sockaddr: *mut ngx::ffi::sockaddr,
+    pub socklen: ngx::ffi::socklen_t,
+    /// `host:port` text for log lines; lives in the configuration pool.
+    pub name: ngx_str_t,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
