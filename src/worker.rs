@@ -118,11 +118,10 @@ pub fn register(key: StreamKey) {
 
 /// The streams' end hook: removes a stream from the fan-out and
 /// unsubscribes what nobody here wants any more.
-fn unregister(key: StreamKey) {
+fn unregister(key: StreamKey, id: u64, keys: &[Box<[u8]>]) {
     with(|w| {
-        let s = stream_mut(key);
-        w.streams.remove(&s.id);
-        let gone = w.registry.unsubscribe(key, s.keys());
+        w.streams.remove(&id);
+        let gone = w.registry.unsubscribe(key, keys);
         if !gone.is_empty() && !w.exiting {
             w.subscriber.unsubscribe(&gone);
         }

@@ -61,12 +61,16 @@ pub enum Transport {
 /// A stream, as the worker's fan-out and nginx's events refer to it.
 pub type StreamKey = NonNull<Stream>;
 
+/// What runs when a stream ends: given the stream's key, id and fan-out
+/// keys (the stream itself is not to be touched from there).
+pub type EndHook = fn(StreamKey, u64, &[Box<[u8]>]);
+
 thread_local! {
-    static END_HOOK: Cell<fn(StreamKey)> = const { Cell::new(|_| {}) };
+    static END_HOOK: Cell<EndHook> = const { Cell::new(|_, _, _| {}) };
 }
 
 /// Installs what runs when a stream ends (the worker leaves its fan-out).
-pub fn set_end_hook(hook: fn(StreamKey)) {
+pub fn set_end_hook(hook: EndHook) {
     END_HOOK.with(|h| h.set(hook));
 }
 
@@ -516,7 +520,7 @@ impl Stream {
         }
         self.state = State::Finished;
         sse_debug!(self.log(), "sse: stream {} ends", self.id);
-        END_HOOK.with(|hook| (hook.get())(this));
+        END_HOOK.with(|hook| (hook.get())(this, self.id, &self.keys));
         // SAFETY: the stream's own timer and posted event, on the worker
         // thread; deleting an unset timer or unposted event is guarded.
         unsafe {
@@ -535,9 +539,12 @@ impl Stream {
     /// `this` must be a live direct stream; nothing refers to it afterwards
     /// (it is retired, and its connection is closed).
     unsafe fn close_direct(this: StreamKey) {
-        // SAFETY: the caller's contract; the box was leaked in `open`.
-        let mut s = unsafe { Box::from_raw(this.as_ptr()) };
-        s.retire(this);
+        // SAFETY: the caller's contract; the box was leaked in `open`, and
+        // the stream is retired before the box takes it back.
+        let mut s = unsafe {
+            (*this.as_ptr()).retire(this);
+            Box::from_raw(this.as_ptr())
+        };
         if let Transport::Direct(direct) = &mut s.transport {
             // SAFETY: the live connection of a direct stream.
             unsafe { direct.close() };
@@ -550,9 +557,12 @@ impl Stream {
     /// `this` must be live and refer to a request-transport stream whose
     /// request nginx is freeing.
     unsafe fn drop_with_request(this: StreamKey) {
-        // SAFETY: the caller's contract; the box was leaked in `open`.
-        let mut s = unsafe { Box::from_raw(this.as_ptr()) };
-        s.retire(this);
+        // SAFETY: the caller's contract; the box was leaked in `open`, and
+        // the stream is retired before the box takes it back.
+        unsafe {
+            (*this.as_ptr()).retire(this);
+            drop(Box::from_raw(this.as_ptr()));
+        }
     }
 }
 
