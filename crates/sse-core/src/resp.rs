@@ -384,92 +384,6 @@ fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// What a reply on a subscribed connection means to us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PubSubReply<'a> {
-    /// A message published on a channel we subscribed to (`subscription`
-    /// is the channel) or that matched a pattern we subscribed to
-    /// (`subscription` is the pattern).
-    Message {
-        subscription: &'a [u8],
-        channel: &'a [u8],
-        payload: &'a [u8],
-    },
-    /// Confirmation of SUBSCRIBE / UNSUBSCRIBE (one per channel).
-    Subscribed {
-        channel: &'a [u8],
-    },
-    Unsubscribed {
-        channel: &'a [u8],
-    },
-    /// The answer to `PING <token>` in subscribe mode: every command sent
-    /// before it (SUBSCRIBE...) has been processed.
-    Pong(&'a [u8]),
-    /// `+OK` of AUTH / SELECT, anything else that is not an error.
-    Ack,
-    /// A `-ERR ...` reply.
-    Error(&'a [u8]),
-}
-
-/// Why a well-formed RESP value is not a pub/sub reply we understand. Such a
-/// value is logged and skipped; the connection stays usable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnexpectedReply(pub String);
-
-impl fmt::Display for UnexpectedReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unexpected reply on the subscriber connection: {}",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnexpectedReply {}
-
-/// Classifies one value read from a connection in subscribe mode.
-pub fn pubsub_reply<'a>(value: &Value<'a>) -> Result<PubSubReply<'a>, UnexpectedReply> {
-    let items = match value {
-        Value::Error(msg) => return Ok(PubSubReply::Error(msg)),
-        Value::Simple(_) | Value::Integer(_) | Value::Bulk(_) => return Ok(PubSubReply::Ack),
-        Value::Array(None) => return Err(UnexpectedReply("null array".into())),
-        Value::Array(Some(items)) => items,
-    };
-    let bytes: Vec<Option<&[u8]>> = items.iter().map(Value::as_bytes).collect();
-    match bytes.as_slice() {
-        [Some(b"message"), Some(channel), Some(payload)] => Ok(PubSubReply::Message {
-            subscription: channel,
-            channel,
-            payload,
-        }),
-        [Some(b"pmessage"), Some(pattern), Some(channel), Some(payload)] => {
-            Ok(PubSubReply::Message {
-                subscription: pattern,
-                channel,
-                payload,
-            })
-        }
-        [Some(b"subscribe" | b"psubscribe"), Some(channel), _] => {
-            Ok(PubSubReply::Subscribed { channel })
-        }
-        [Some(b"unsubscribe" | b"punsubscribe"), Some(channel), _] => {
-            Ok(PubSubReply::Unsubscribed { channel })
-        }
-        // PING in subscribe mode answers ["pong", ""].
-        [Some(b"pong"), Some(token)] => Ok(PubSubReply::Pong(token)),
-        _ => Err(UnexpectedReply(format!(
-            "{} element(s), kind {:?}",
-            items.len(),
-            bytes
-                .first()
-                .copied()
-                .flatten()
-                .map(String::from_utf8_lossy)
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,12 +437,12 @@ mod tests {
         let (value, used) = parse(msg).unwrap().unwrap();
         assert_eq!(used, msg.len());
         assert_eq!(
-            pubsub_reply(&value),
-            Ok(PubSubReply::Message {
-                subscription: b"chan",
-                channel: b"chan",
-                payload: b"hello\r\nworld"
-            })
+            value,
+            Value::Array(Some(vec![
+                Value::Bulk(Some(b"message")),
+                Value::Bulk(Some(b"chan")),
+                Value::Bulk(Some(b"hello\r\nworld")),
+            ]))
         );
     }
 
@@ -549,53 +463,6 @@ mod tests {
         let deep = "*1\r\n".repeat(20) + ":1\r\n";
         assert!(parse(deep.as_bytes()).is_err());
         assert!(parse(&vec![b'+'; MAX_LINE + 10]).is_err());
-    }
-
-    #[test]
-    fn pattern_messages_name_their_pattern() {
-        let raw = b"*4\r\n$8\r\npmessage\r\n$3\r\nd:*\r\n$3\r\nd:7\r\n$2\r\nhi\r\n";
-        let (v, _) = parse(raw).unwrap().unwrap();
-        assert_eq!(
-            pubsub_reply(&v),
-            Ok(PubSubReply::Message {
-                subscription: b"d:*",
-                channel: b"d:7",
-                payload: b"hi"
-            })
-        );
-    }
-
-    #[test]
-    fn subscribe_confirmations_and_errors() {
-        let (v, _) = parse(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            pubsub_reply(&v),
-            Ok(PubSubReply::Subscribed { channel: b"a" })
-        );
-        let (v, _) = parse(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            pubsub_reply(&v),
-            Ok(PubSubReply::Unsubscribed { channel: b"a" })
-        );
-        let (v, _) = parse(b"-NOAUTH x\r\n").unwrap().unwrap();
-        assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Error(b"NOAUTH x")));
-    }
-
-    #[test]
-    fn malformed_pubsub_values_are_reported_not_fatal() {
-        for raw in [
-            &b"*2\r\n$7\r\nmessage\r\n$1\r\na\r\n"[..],
-            b"*3\r\n$7\r\nmessage\r\n:1\r\n$1\r\nx\r\n",
-            b"*0\r\n",
-            b"*-1\r\n",
-        ] {
-            let (v, _) = parse(raw).unwrap().unwrap();
-            assert!(pubsub_reply(&v).is_err(), "{raw:?}");
-        }
     }
 
     /// Feeds `stream` to a scanner in the given pieces, as socket reads
@@ -747,12 +614,6 @@ mod tests {
             scanner.examined,
             reply.len()
         );
-    }
-
-    #[test]
-    fn pong_carries_its_token() {
-        let (v, _) = parse(b"*2\r\n$4\r\npong\r\n$2\r\n17\r\n").unwrap().unwrap();
-        assert_eq!(pubsub_reply(&v), Ok(PubSubReply::Pong(b"17")));
     }
 
     use proptest::prelude::*;

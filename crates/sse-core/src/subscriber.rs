@@ -334,6 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn pattern_messages_name_their_pattern_and_bad_ones_are_not_messages() {
+        let raw = b"*4\r\n$8\r\npmessage\r\n$3\r\nd:*\r\n$3\r\nd:7\r\n$2\r\nhi\r\n";
+        let (v, _) = resp::parse(raw).unwrap().unwrap();
+        let mut s = Session::default();
+        assert_eq!(
+            s.reply(&v),
+            Ok(Reply::Message {
+                subscription: b"d:*",
+                channel: b"d:7",
+                payload: b"hi"
+            })
+        );
+        // Malformed messages are not messages: with no command waiting,
+        // they are replies to nothing (the connection is dropped).
+        for raw in [
+            &b"*2\r\n$7\r\nmessage\r\n$1\r\na\r\n"[..],
+            b"*3\r\n$7\r\nmessage\r\n:1\r\n$1\r\nx\r\n",
+            b"*0\r\n",
+        ] {
+            let (v, _) = resp::parse(raw).unwrap().unwrap();
+            assert!(matches!(s.reply(&v), Err(Fatal::Unsolicited(_))), "{raw:?}");
+        }
+    }
+
+    #[test]
     fn a_refused_subscription_names_its_key_and_the_rest_stands() {
         let mut s = Session::default();
         let mut out = Vec::new();
