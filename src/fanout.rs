@@ -31,11 +31,12 @@ pub struct Effects {
     pub barrier: bool,
     /// Streams whose history reads should go out now.
     pub fetch: Vec<u64>,
-    /// Streams to end cleanly (revocation).
-    pub revoked: Vec<StreamKey>,
-    /// Streams to end because Redis refused one of their subscriptions,
-    /// with the `sse-refused` event that tells them which.
-    pub refused: Vec<(StreamKey, Frame)>,
+    /// Streams (by id) to end cleanly: revocation. Ids, not keys: flushing
+    /// the batch first may already have ended one.
+    pub revoked: Vec<u64>,
+    /// Streams (by id) to end because Redis refused one of their
+    /// subscriptions, with the `sse-refused` event that tells them which.
+    pub refused: Vec<(u64, Frame)>,
 }
 
 /// The worker as its Redis connections see it while they handle an event.
@@ -83,9 +84,9 @@ impl Fanout<'_> {
     fn control(&mut self, payload: &[u8]) {
         match envelope::parse_control(payload) {
             Ok(Control::Revoke(users)) => {
-                for &key in self.streams.values() {
+                for (&id, &key) in self.streams {
                     if stream(key).user().is_some_and(|u| users.contains(&u)) {
-                        self.effects.revoked.push(key);
+                        self.effects.revoked.push(id);
                     }
                 }
             }
@@ -216,11 +217,13 @@ impl SubscriberSink for Fanout<'_> {
             subscribers.len()
         );
         for &sub in subscribers {
-            if let Some(name) = stream(sub).subscription_for_key(key) {
+            let s = stream(sub);
+            let listed = self.effects.refused.iter().any(|(id, _)| *id == s.id);
+            if let (false, Some(name)) = (listed, s.subscription_for_key(key)) {
                 let event = Frame::encode(self.scratch, |out| {
                     frame::encode_event(out, Some(REFUSED_EVENT), None, name)
                 });
-                self.effects.refused.push((sub, event));
+                self.effects.refused.push((s.id, event));
             }
         }
     }

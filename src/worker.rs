@@ -180,16 +180,26 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
         return;
     };
     flush_all(batch);
-    for (key, event) in refused {
-        // SAFETY: the streams were registered (live) when listed; ending one
-        // frees at most that one, and a stream is listed once per key.
-        unsafe { Stream::end_with(key, event) };
+    // Looked up again: flushing may have ended some, and a stream refused
+    // and revoked at once is ended once.
+    for (id, event) in refused {
+        if let Some(key) = registered(id) {
+            // SAFETY: a registered stream is live; ending it frees only it.
+            unsafe { Stream::end_with(key, event) };
+        }
     }
+    let revoked: Vec<StreamKey> = revoked.into_iter().filter_map(registered).collect();
     if !revoked.is_empty() {
         log_revocation(&revoked);
-        // SAFETY: the revoked streams are registered (live), each once.
+        // SAFETY: the streams are registered (live), each listed once (ids
+        // are unique in the worker's map).
         unsafe { stream::end_all(revoked) };
     }
+}
+
+/// The stream with this id, if it is still registered.
+fn registered(id: u64) -> Option<StreamKey> {
+    with(|w| w.streams.get(&id).copied()).flatten()
 }
 
 fn log_revocation(revoked: &[StreamKey]) {
