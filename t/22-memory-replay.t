@@ -69,10 +69,10 @@ subtest "$CLIENTS clients resume from the beginning and never read" => sub {
     while (time - $t < $HOLD) {
         my $rss = rss_kb($worker) // last;
         $peak = $rss if $rss > $peak;
-        push @samples, sprintf '%.1fs %dMB', time - $t, $rss / 1024;
-        sleep 0.1;
+        push @samples, sprintf '%.2fs %dMB', time - $t, $rss / 1024;
+        sleep 0.02;
     }
-    note "worker RSS while held: @samples[grep { $_ % 5 == 0 } 0 .. $#samples]";
+    note "worker RSS while held: @samples[grep { $_ % 10 == 0 } 0 .. $#samples]";
     my $growth = ($peak - $base) / 1024;
     ok $growth < 150, sprintf('worker RSS grew by %.0f MB at most while they were held (less than 150 MB)', $growth);
     is_deeply [$nginx->worker_pids], [$worker], 'the worker is still the same process';
