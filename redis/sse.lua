@@ -21,6 +21,23 @@ and returns N. The default prefix P is "sse". Keys are not declared, so this
 needs a standalone Redis (or one where all these keys live on one node).
 ]]
 
+-- User ids follow the channel name rules: 1 to 128 bytes of A-Z a-z 0-9
+-- _ - . @ in non-empty segments separated by ':'.
+local function valid_user(u)
+  if #u < 1 or #u > 128 then return false end
+  for seg in string.gmatch(u .. ':', '([^:]*):') do
+    if not string.find(seg, '^[%w_%-%.@]+$') then return false end
+  end
+  return true
+end
+
+local function valid_audience(list)
+  for u in string.gmatch(list .. ',', '([^,]*),') do
+    if not valid_user(u) then return false end
+  end
+  return true
+end
+
 local function publish(keys, args)
   local channel, payload = args[1], args[2]
   if not channel or not payload then
@@ -34,7 +51,7 @@ local function publish(keys, args)
     local k, v = string.match(args[i], '^(%w+)=(.*)$')
     if k == 'maxlen' and tonumber(v) and tonumber(v) >= 1 then maxlen = math.floor(tonumber(v))
     elseif k == 'ttl' and tonumber(v) and tonumber(v) >= 0 then ttl = math.floor(tonumber(v))
-    elseif k == 'to' and v ~= '' and not string.find(v, '[%s\n]') then to = v
+    elseif k == 'to' and valid_audience(v) then to = v
     elseif k == 'prefix' and string.find(v, '^[%w_%-%.@:]+$') then prefix = v
     else return redis.error_reply('bad option "' .. args[i] .. '"') end
   end

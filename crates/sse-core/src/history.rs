@@ -144,15 +144,25 @@ pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
             match k {
                 b"d" => entry.data = v.to_vec(),
                 b"p" => entry.prev = envelope::parse_id(v).ok_or(HistoryError::BadPrev)?,
-                b"t" => {
-                    entry.audience = Some(v.split(|&b| b == b',').map(<[u8]>::to_vec).collect())
-                }
+                b"t" => entry.audience = Some(audience(v)),
                 _ => {}
             }
         }
         entries.push(entry);
     }
     Ok(entries)
+}
+
+/// The audience of an entry (`t` field). As on the live path, a list that
+/// names an invalid user id is malformed as a whole and admits nobody: a
+/// typo never widens an audience.
+fn audience(field: &[u8]) -> Vec<Vec<u8>> {
+    let users: Vec<Vec<u8>> = field.split(|&b| b == b',').map(<[u8]>::to_vec).collect();
+    if users.iter().all(|u| envelope::valid_user(u)) {
+        users
+    } else {
+        Vec::new()
+    }
 }
 
 /// What Redis answered about one channel.
@@ -471,5 +481,29 @@ mod tests {
         assert_eq!(cut, [0, 1]);
         let (kept, cut) = newest_within(Vec::new(), 5, size);
         assert!(kept.is_empty() && cut.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_audience_admits_nobody_in_a_replay() {
+        let reply = |t: &'static [u8]| {
+            Value::Array(Some(vec![Value::Array(Some(vec![
+                Value::Bulk(Some(b"5-0")),
+                Value::Array(Some(vec![
+                    Value::Bulk(Some(b"d")),
+                    Value::Bulk(Some(b"x")),
+                    Value::Bulk(Some(b"p")),
+                    Value::Bulk(Some(b"0")),
+                    Value::Bulk(Some(b"t")),
+                    Value::Bulk(Some(t)),
+                ])),
+            ]))]))
+        };
+        let ok = parse_entries(&reply(b"u1,u2")).unwrap();
+        assert!(ok[0].admits(Some(b"u1")) && !ok[0].admits(Some(b"u3")));
+        for bad in [&b"u1,a::b"[..], b"u1,", b"u1,:u", b"u 1"] {
+            let entries = parse_entries(&reply(bad)).unwrap();
+            assert!(!entries[0].admits(Some(b"u1")), "{bad:?}");
+            assert!(!entries[0].admits(None));
+        }
     }
 }
