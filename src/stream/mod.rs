@@ -384,6 +384,14 @@ impl Stream {
                 match unsafe { direct.write() } {
                     Written::Some(n) => {
                         self.pending_bytes = self.pending_bytes.saturating_sub(n);
+                        if !direct.is_empty() {
+                            sse_debug!(
+                                self.log(),
+                                "sse: stream {} waits for the client, {} bytes pending",
+                                self.id,
+                                self.pending_bytes
+                            );
+                        }
                         Ok(())
                     }
                     Written::Error => Err(()),
