@@ -21,7 +21,7 @@ use sse_core::resp::Value;
 use crate::frame::{Frame, REFUSED_EVENT};
 use crate::ngx_ext::cycle_log;
 use crate::redis::{CommandsSink, Request, SubscriberSink};
-use crate::replay::{Phase, RequestKind};
+use crate::replay::Phase;
 use crate::stream::{Stream, StreamKey};
 
 /// What a Redis event handler asks the worker to do afterwards.
@@ -253,8 +253,7 @@ impl CommandsSink for Fanout<'_> {
         if replay.generation != request.generation || replay.phase != Phase::Fetching {
             return; // a reply to an abandoned read
         }
-        let (done, problem) = replay.reply(RequestKind::Snapshot, value);
-        if let Some(problem) = problem {
+        if let Some(problem) = s.finish_replay(value, self.scratch, self.max_message) {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 cycle_log(),
@@ -262,9 +261,6 @@ impl CommandsSink for Fanout<'_> {
                 problem
             );
         }
-        if done {
-            s.finish_replay(self.scratch, self.max_message);
-            self.mark_dirty(key);
-        }
+        self.mark_dirty(key);
     }
 }

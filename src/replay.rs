@@ -24,11 +24,9 @@ use sse_core::resp::Value;
 
 use crate::frame::Frame;
 
-/// What each read of a replay's transaction is.
+/// What each read of a replay's transaction (one MULTI/EXEC) is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
-    /// The EXEC of a MULTI holding all the reads below: one atomic snapshot.
-    Snapshot,
     /// GET of the global sequence.
     Seq,
     /// XRANGE / XREVRANGE of channel `i` of the stream's history.
@@ -67,11 +65,15 @@ pub struct Replay {
     kinds: Vec<RequestKind>,
     /// The stream's concrete channels (patterns have no history).
     channels: Vec<Box<[u8]>>,
-    outstanding: usize,
-    seq: Option<u64>,
-    results: Vec<ChannelHistory>,
+}
+
+/// What the transaction's reply says, borrowed from it.
+struct Reads<'a> {
+    seq: u64,
+    results: Vec<ChannelHistory<'a>>,
     /// A read failed: its channels are reported as a gap.
     failed: Vec<bool>,
+    problem: Option<String>,
 }
 
 impl Replay {
@@ -87,10 +89,6 @@ impl Replay {
             held: Vec::new(),
             kinds: Vec::new(),
             channels,
-            outstanding: 0,
-            seq: None,
-            results: Vec::new(),
-            failed: Vec::new(),
         }
     }
 
@@ -109,14 +107,12 @@ impl Replay {
         }
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::AwaitingBarrier(token);
-        self.outstanding = 0;
     }
 
     /// Back to the queue (the commands connection broke mid-read).
     pub fn requeue(&mut self) {
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::Queued;
-        self.outstanding = 0;
     }
 
     /// The reads to send, as one transaction: every channel is read up to
@@ -127,10 +123,6 @@ impl Replay {
         let reads = self.reads(prefix);
         self.kinds = reads.iter().map(|(kind, _)| *kind).collect();
         self.phase = Phase::Fetching;
-        self.outstanding = 1;
-        self.seq = None;
-        self.results = vec![ChannelHistory::default(); self.channels.len()];
-        self.failed = vec![false; self.channels.len()];
         reads.into_iter().map(|(_, args)| args).collect()
     }
 
@@ -182,44 +174,47 @@ impl Replay {
         out
     }
 
-    /// Records one reply. Returns whether all replies are in, and what was
-    /// wrong with this one (its channel then counts as a gap).
-    pub fn reply(&mut self, kind: RequestKind, value: &Value<'_>) -> (bool, Option<String>) {
-        let mut problem = None;
-        match kind {
-            RequestKind::Snapshot => match value {
-                Value::Array(Some(replies)) if replies.len() == self.kinds.len() => {
-                    for (kind, reply) in self.kinds.clone().into_iter().zip(replies) {
-                        self.outstanding += 1;
-                        let (_, p) = self.reply(kind, reply);
-                        problem = problem.or(p);
-                    }
-                }
-                _ => {
-                    self.failed.iter_mut().for_each(|f| *f = true);
-                    problem = Some("history transaction failed".to_string());
-                }
-            },
-            RequestKind::Seq => match value {
-                Value::Bulk(None) => self.seq = Some(0),
-                _ => match value.as_bytes().and_then(sse_core::envelope::parse_id) {
-                    Some(seq) => self.seq = Some(seq),
-                    None => problem = Some("sequence is not a number".to_string()),
+    /// Reads the transaction's reply (EXEC: one reply per read, in order).
+    /// What cannot be read makes its channel count as a gap.
+    fn read<'a>(&self, value: &Value<'a>) -> Reads<'a> {
+        let n = self.channels.len();
+        let mut reads = Reads {
+            seq: 0,
+            results: vec![ChannelHistory::default(); n],
+            failed: vec![false; n],
+            problem: None,
+        };
+        let replies = match value {
+            Value::Array(Some(replies)) if replies.len() == self.kinds.len() => replies,
+            _ => {
+                reads.failed = vec![true; n];
+                reads.problem = Some("history transaction failed".to_string());
+                return reads;
+            }
+        };
+        for (kind, reply) in self.kinds.iter().zip(replies) {
+            match *kind {
+                RequestKind::Seq => match reply {
+                    Value::Bulk(None) => {}
+                    _ => match reply.as_bytes().and_then(sse_core::envelope::parse_id) {
+                        Some(seq) => reads.seq = seq,
+                        None => reads.problem = Some("sequence is not a number".to_string()),
+                    },
                 },
-            },
-            RequestKind::Range(i) => match history::parse_entries(value) {
-                Ok(entries) => self.results[i].entries = entries,
-                Err(e) => {
-                    self.failed[i] = true;
-                    problem = Some(e.to_string());
+                RequestKind::Range(i) => match history::parse_entries(reply) {
+                    Ok(entries) => reads.results[i].entries = entries,
+                    Err(e) => {
+                        reads.failed[i] = true;
+                        reads.problem = Some(e.to_string());
+                    }
+                },
+                RequestKind::Last(i) => {
+                    reads.results[i].last_id =
+                        reply.as_bytes().and_then(sse_core::envelope::parse_id);
                 }
-            },
-            RequestKind::Last(i) => {
-                self.results[i].last_id = value.as_bytes().and_then(sse_core::envelope::parse_id);
             }
         }
-        self.outstanding = self.outstanding.saturating_sub(1);
-        (self.outstanding == 0, problem)
+        reads
     }
 
     /// Holds a live event until the replay is done.
@@ -244,15 +239,21 @@ impl Replay {
     /// newest events within `budget` bytes (`sse_max_backlog`); channels
     /// whose older events were cut are announced in the gap notice. Entries
     /// larger than `max_message` are skipped, as live messages are.
+    /// Returns the frames and what was wrong with the reply, if anything.
     pub fn complete(
         &mut self,
+        value: &Value<'_>,
         user: Option<&[u8]>,
         scratch: &mut Vec<u8>,
         budget: usize,
         max_message: usize,
-    ) -> Vec<Frame> {
-        let seq = self.seq.unwrap_or(0);
-        let results = std::mem::take(&mut self.results);
+    ) -> (Vec<Frame>, Option<String>) {
+        let Reads {
+            seq,
+            results,
+            failed,
+            problem,
+        } = self.read(value);
         let (plan, gaps_everywhere) = match self.resume {
             Resume::After(since) => (history::plan_resume(since, seq, results), false),
             Resume::Fresh => (history::plan_fresh(seq, self.start_last, results), false),
@@ -264,7 +265,7 @@ impl Replay {
         if gaps_everywhere {
             gaps = (0..self.channels.len()).collect();
         }
-        for (i, failed) in self.failed.iter().enumerate() {
+        for (i, failed) in failed.iter().enumerate() {
             if *failed && !gaps.contains(&i) {
                 gaps.push(i);
             }
@@ -306,7 +307,7 @@ impl Replay {
                 scratch,
                 Some(&self.channels[i]),
                 Some(id.as_bytes()),
-                &entry.data,
+                entry.data,
             );
             out.push(Frame::Shared(scratch.as_slice().into()));
         }
@@ -320,7 +321,7 @@ impl Replay {
             Resume::Fresh | Resume::Malformed => self.floor = self.floor.max(seq),
         }
         self.phase = Phase::Live;
-        out
+        (out, problem)
     }
 
     /// Bytes held, for backlog accounting.

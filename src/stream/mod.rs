@@ -35,6 +35,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 use sse_core::envelope::Envelope;
 use sse_core::pattern::{Grants, Pattern};
+use sse_core::resp::Value;
 
 use crate::frame::Frame;
 use crate::ngx_ext::NgxStrExt;
@@ -312,30 +313,40 @@ impl Stream {
         true
     }
 
-    /// The history reads are in: queue the replay and the held events.
-    /// The replay keeps its newest events within `sse_max_backlog` (older
-    /// ones are announced as a gap), so a client that resumes from far back
-    /// cannot make the worker hold its whole history.
-    pub fn finish_replay(&mut self, scratch: &mut Vec<u8>, max_message: usize) {
-        let Some(replay) = &mut self.replay else {
-            return;
-        };
+    /// The history reads are in (`value`, the transaction's reply): queue
+    /// the replay and the held events. The replay keeps its newest events
+    /// within `sse_max_backlog` (older ones are announced as a gap), so a
+    /// client that resumes from far back cannot make the worker hold its
+    /// whole history. Returns what was wrong with the reply, if anything.
+    pub fn finish_replay(
+        &mut self,
+        value: &Value<'_>,
+        scratch: &mut Vec<u8>,
+        max_message: usize,
+    ) -> Option<String> {
+        let replay = self.replay.as_mut()?;
         let held: usize = replay.held_frames().map(Frame::len).sum();
         self.pending_bytes = self.pending_bytes.saturating_sub(held);
-        let frames = replay.complete(self.user.as_deref(), scratch, self.max_backlog, max_message);
+        let (frames, problem) = replay.complete(
+            value,
+            self.user.as_deref(),
+            scratch,
+            self.max_backlog,
+            max_message,
+        );
         sse_debug!(
             self.log(),
             "sse: stream {} replay done, {} frame(s)",
             self.id,
             frames.len()
         );
-        if self.state != State::Open {
-            return;
+        if self.state == State::Open {
+            for frame in frames {
+                self.pending_bytes += frame.len();
+                self.queue.push_back(frame);
+            }
         }
-        for frame in frames {
-            self.pending_bytes += frame.len();
-            self.queue.push_back(frame);
-        }
+        problem
     }
 
     /// Writes the queued frames (one write) and releases the frames already

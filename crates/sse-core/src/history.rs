@@ -47,15 +47,17 @@ impl Resume {
 
 /// One history entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<'a> {
     pub id: u64,
     /// The previous id on the same channel (0: none).
     pub prev: u64,
-    pub data: Vec<u8>,
-    pub audience: Option<Vec<Vec<u8>>>,
+    /// The event's data, borrowed from the reply it was read from (a replay
+    /// reads up to the whole retention: copying it would double the peak).
+    pub data: &'a [u8],
+    pub audience: Option<Vec<&'a [u8]>>,
 }
 
-impl Entry {
+impl Entry<'_> {
     pub fn admits(&self, user: Option<&[u8]>) -> bool {
         envelope::audience_admits(self.audience.as_deref(), user)
     }
@@ -106,7 +108,7 @@ impl fmt::Display for HistoryError {
 impl std::error::Error for HistoryError {}
 
 /// Parses an XRANGE / XREVRANGE reply: `[[id, [field, value, ...]], ...]`.
-pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
+pub fn parse_entries<'a>(value: &Value<'a>) -> Result<Vec<Entry<'a>>, HistoryError> {
     let items = match value {
         Value::Array(Some(items)) => items,
         Value::Array(None) => return Ok(Vec::new()),
@@ -131,7 +133,7 @@ pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
         let mut entry = Entry {
             id,
             prev: 0,
-            data: Vec::new(),
+            data: &[],
             audience: None,
         };
         for kv in fields.chunks(2) {
@@ -142,7 +144,7 @@ pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
                 return Err(HistoryError::FieldNotAString);
             };
             match k {
-                b"d" => entry.data = v.to_vec(),
+                b"d" => entry.data = v,
                 b"p" => entry.prev = envelope::parse_id(v).ok_or(HistoryError::BadPrev)?,
                 b"t" => entry.audience = Some(audience(v)),
                 _ => {}
@@ -156,8 +158,8 @@ pub fn parse_entries(value: &Value<'_>) -> Result<Vec<Entry>, HistoryError> {
 /// The audience of an entry (`t` field). As on the live path, a list that
 /// names an invalid user id is malformed as a whole and admits nobody: a
 /// typo never widens an audience.
-fn audience(field: &[u8]) -> Vec<Vec<u8>> {
-    let users: Vec<Vec<u8>> = field.split(|&b| b == b',').map(<[u8]>::to_vec).collect();
+fn audience(field: &[u8]) -> Vec<&[u8]> {
+    let users: Vec<&[u8]> = field.split(|&b| b == b',').collect();
     if users.iter().all(|u| envelope::valid_user(u)) {
         users
     } else {
@@ -167,20 +169,20 @@ fn audience(field: &[u8]) -> Vec<Vec<u8>> {
 
 /// What Redis answered about one channel.
 #[derive(Debug, Clone, Default)]
-pub struct ChannelHistory {
+pub struct ChannelHistory<'a> {
     /// Entries after the position (any order).
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<'a>>,
     /// `HGET <prefix>:last <channel>`: the newest id ever published on it.
     pub last_id: Option<u64>,
 }
 
 /// The outcome for one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// Indices of the channels whose history has a hole before the replay.
     pub gaps: Vec<usize>,
     /// `(channel index, entry)` to send, in id order.
-    pub events: Vec<(usize, Entry)>,
+    pub events: Vec<(usize, Entry<'a>)>,
     /// The position after the replay: ids up to this one are delivered.
     pub position: u64,
 }
@@ -188,7 +190,7 @@ pub struct Plan {
 /// Plans the replay of a stream resuming after `since`. `seq` is the
 /// current global sequence: an id beyond it was not issued by this Redis
 /// (a foreign or stale id), which is reported as a gap on every channel.
-pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory>) -> Plan {
+pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory<'_>>) -> Plan<'_> {
     if since > seq {
         return Plan {
             gaps: (0..channels.len()).collect(),
@@ -199,7 +201,7 @@ pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory>) -> Plan 
     let mut gaps = Vec::new();
     let mut events = Vec::new();
     for (i, history) in channels.into_iter().enumerate() {
-        let mut entries: Vec<Entry> = history
+        let mut entries: Vec<Entry<'_>> = history
             .entries
             .into_iter()
             .filter(|e| e.id > since)
@@ -225,7 +227,7 @@ pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory>) -> Plan 
 
 /// Plans the start of a new subscriber that wants the last `n` messages of
 /// each channel (`entries` are each channel's newest, any order).
-pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory>) -> Plan {
+pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory<'_>>) -> Plan<'_> {
     let mut events = Vec::new();
     for (i, history) in channels.into_iter().enumerate() {
         let mut entries = history.entries;
@@ -247,13 +249,13 @@ pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory>) -> Plan {
 /// order, and the channels whose older events were cut: those are reported
 /// as a gap, so a client that resumes after a long absence gets the latest
 /// events and a notice to refetch, instead of a replay without bound.
-pub fn newest_within<F>(
-    events: Vec<(usize, Entry)>,
+pub fn newest_within<'a, F>(
+    events: Vec<(usize, Entry<'a>)>,
     budget: usize,
     size: F,
-) -> (Vec<(usize, Entry)>, Vec<usize>)
+) -> (Vec<(usize, Entry<'a>)>, Vec<usize>)
 where
-    F: Fn(usize, &Entry) -> usize,
+    F: Fn(usize, &Entry<'a>) -> usize,
 {
     let mut total = 0;
     let mut first_kept = events.len();
@@ -277,16 +279,16 @@ mod tests {
     use super::*;
     use crate::resp;
 
-    fn e(id: u64, prev: u64) -> Entry {
+    fn e(id: u64, prev: u64) -> Entry<'static> {
         Entry {
             id,
             prev,
-            data: format!("m{id}").into_bytes(),
+            data: format!("m{id}").into_bytes().leak(),
             audience: None,
         }
     }
 
-    fn ch(entries: Vec<Entry>, last: Option<u64>) -> ChannelHistory {
+    fn ch(entries: Vec<Entry<'static>>, last: Option<u64>) -> ChannelHistory<'static> {
         ChannelHistory {
             entries,
             last_id: last,
@@ -387,14 +389,11 @@ mod tests {
             Entry {
                 id: 5,
                 prev: 2,
-                data: b"hello".to_vec(),
+                data: b"hello",
                 audience: None
             }
         );
-        assert_eq!(
-            entries[1].audience,
-            Some(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
-        );
+        assert_eq!(entries[1].audience, Some(vec![&b"a"[..], b"b", b"c"]));
         assert!(
             entries[1].admits(Some(b"b"))
                 && !entries[1].admits(Some(b"d"))
