@@ -2,7 +2,7 @@
 //   dist/index.js    ESM, minified (esbuild; react and @nginx-sse/client external, automatic JSX runtime)
 //   dist/meta.json   esbuild metafile (what is in the bundle)
 //   dist/index.d.ts  declarations (TypeScript compiler API; only this package's files are emitted)
-// `node build.mjs --no-types` skips the declarations (the bundle-size test uses it).
+// `node build.mjs --no-types` builds the bundle only (the bundle-size test uses it).
 import { build } from 'esbuild';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -15,7 +15,8 @@ const dist = join(here, 'dist');
 const entry = join(here, 'src', 'index.tsx');
 const withTypes = !process.argv.includes('--no-types');
 
-rmSync(dist, { recursive: true, force: true });
+// --no-types rewrites the bundle only (and leaves any earlier declarations in place).
+if (withTypes) rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist, { recursive: true });
 
 const result = await build({

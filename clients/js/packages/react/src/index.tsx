@@ -84,7 +84,8 @@ type Store<S> = [(onChange: () => void) => () => void, () => ViewState<S>, () =>
  * The view is keyed by the client, `subscription` and `options.key`: a new
  * options object on each render does not resubscribe, and `reducer`, `parse`,
  * `initial` and `persist` are taken when the view is first created (use `key`
- * to get a view with another reducer).
+ * to get a view with another reducer); the latest options are given to
+ * `client.view()` again after each commit, for the client's callbacks.
  */
 export function useSSE<T = unknown, S = T>(
   subscription: string | null,
@@ -103,6 +104,12 @@ export function useSSE<T = unknown, S = T>(
     // Keyed by subscription + options.key only (see above).
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, subscription, key]);
+  // The view is created once; calling `client.view()` again after each commit with new options
+  // hands the client the latest callbacks (the core's `onGap`/`onDenied`: the latest given wins)
+  // without resubscribing. Not during render: a render may be discarded.
+  useEffect(() => {
+    if (client && subscription != null && options) client.view(subscription, options);
+  }, [client, subscription, options]);
   return useSyncExternalStore(store[0], store[1], store[2]);
 }
 

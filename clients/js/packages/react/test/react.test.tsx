@@ -3,6 +3,8 @@
 // independent of the state of @nginx-sse/client, whose `createClient` is mocked.
 import { StrictMode, useState, type ReactNode } from 'react';
 import { act, cleanup, render, screen } from '@testing-library/react';
+import { hydrateRoot } from 'react-dom/client';
+import { renderToString } from 'react-dom/server';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ClientOptions, SSEEvent, ViewOptions } from '@nginx-sse/client';
 import { FakeClient } from './fake-client';
@@ -86,8 +88,25 @@ describe('useSSE', () => {
     expect(state().data).toBe(1);
     expect(first).toHaveBeenCalledTimes(1);
     expect(later).not.toHaveBeenCalled();
-    expect(client.viewCalls).toHaveLength(1);
     expect(client.subscribeCalls).toEqual(['c']);
+    const view = client.view('c');
+    expect(client.viewCalls.every((c) => client.view(c.subscription, c.options) === view)).toBe(true);
+  });
+
+  it('hands the latest options to client.view after each commit (latest callbacks win), same view', () => {
+    const client = new FakeClient();
+    function Gap({ onGap }: { onGap: (c: string) => void }) {
+      useSSE('g', { onGap } as ViewOptions<unknown, unknown>);
+      return null;
+    }
+    const first = () => {};
+    const second = () => {};
+    const { rerender } = render(withClient(client, <Gap onGap={first} />));
+    rerender(withClient(client, <Gap onGap={second} />));
+    const last = client.viewCalls.at(-1)!;
+    expect(last.subscription).toBe('g');
+    expect((last.options as { onGap?: unknown }).onGap).toBe(second);
+    expect(client.subscribeCalls).toEqual(['g']);
   });
 
   it('options.key selects another view of the same subscription', () => {
@@ -105,7 +124,7 @@ describe('useSSE', () => {
     act(() => client.emit('t', 'b'));
     expect(state('last').data).toBe('b');
     expect(state('count').data).toBe(2);
-    expect(client.viewCalls.map((c) => c.options?.key)).toEqual([undefined, 'count']);
+    expect(new Set(client.viewCalls.map((c) => c.options?.key))).toEqual(new Set([undefined, 'count']));
   });
 
   it('a component that unmounts and remounts gets its state back (same view)', () => {
@@ -252,6 +271,34 @@ describe('SSEProvider', () => {
     cleanup();
     render(withClient(client, <Peek />));
     expect(got).toBe(client);
+  });
+});
+
+describe('hydration', () => {
+  it('hydrates server HTML without a mismatch, then goes live', async () => {
+    vi.useFakeTimers();
+    const errors = vi.spyOn(console, 'error').mockImplementation(() => {});
+    const app = (
+      <SSEProvider url="/events">
+        <Show sub="h" options={{ initial: 'server' }} />
+      </SSEProvider>
+    );
+    const container = document.createElement('div');
+    container.innerHTML = renderToString(app);
+    expect(created).toHaveLength(0);
+    document.body.appendChild(container);
+    const root = await act(async () => hydrateRoot(container, app));
+    expect(errors).not.toHaveBeenCalled();
+    errors.mockRestore();
+    expect(created).toHaveLength(1);
+    const client = created[0]!.client as FakeClient;
+    expect(client.activeSubscriptions).toEqual(['h']);
+    act(() => client.emit('h', 'live'));
+    expect(state()).toMatchObject({ data: 'live', status: 'connecting' });
+    act(() => root.unmount());
+    await vi.runAllTimersAsync();
+    expect(client.closed).toBe(1);
+    container.remove();
   });
 });
 

@@ -7,6 +7,9 @@ import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 const createClient = vi.hoisted(() => vi.fn());
 vi.mock('@nginx-sse/client', () => ({ createClient, matches: () => false }));
 
+// Read before any trap is set: this file must run in the node environment (no jsdom window).
+const environment = typeof window === 'undefined' ? 'node' : 'jsdom';
+
 const BROWSER_GLOBALS = [
   'window', 'self', 'document', 'navigator', 'location', 'history',
   'localStorage', 'sessionStorage', 'BroadcastChannel', 'EventSource',
@@ -38,6 +41,7 @@ afterAll(() => {
 });
 
 it('renderToString: idle, no client, no browser global touched', async () => {
+  expect(environment).toBe('node');
   // Imported after the traps are set: module evaluation must not read them either.
   const { SSEProvider, useSSE, useSSEClient, withSSE } = await import('../src/index');
   function Logs() {
