@@ -15,7 +15,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, skipReason, newContext, sleep, waitUntil } from '../lib/stack.mjs';
+import { scenario, skipReason, newContext, openStreams, sleep, waitUntil } from '../lib/stack.mjs';
 import { startPublisher } from '../lib/redis.mjs';
 import { exactlyOnce, describe, contiguous, runs } from '../lib/check.mjs';
 
@@ -88,7 +88,9 @@ test('route switches every 300 ms under 200 msg/s: nothing lost, nothing twice',
     for (const [, p] of periods) if (p.to === null) p.to = Infinity;
 
     const streams = stack.nginx.streams();
-    t.diagnostic(`${streams.length} stream connections established (access log), ${app.requests.length} /events requests from the page`);
+    const held = openStreams(stack);
+    t.diagnostic(`${streams.length} stream connections established (access log), ${app.requests.length} /events requests from the page, ${held} held now`);
+    assert.equal(held, 1, 'the replaced connections were closed: one held at the end');
 
     const problems = [];
     for (const c of PERSISTENT) {

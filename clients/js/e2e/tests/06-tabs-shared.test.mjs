@@ -1,8 +1,9 @@
 // Three tabs (three pages of one browser context) with shareAcrossTabs: true
 // hold ONE stream connection between them (one tab, the leader, fetches; the
-// others get the events relayed). Closing the leader tab hands the connection
-// over to another tab, under steady publishing (history on), without loss or
-// duplicates in the tabs that remain.
+// others get the events relayed). The third tab also wants alerts:bob, which
+// the others do not: the one connection carries the union. Closing the leader
+// tab hands the connection over to another tab, under steady publishing
+// (history on), without loss or duplicates in the tabs that remain.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,29 +17,34 @@ const MOUNT = [
   { id: 't1', sub: 'logs:w1:f1' },
   { id: 't2', sub: 'metrics:cpu' },
 ];
+const EXTRA = { id: 't3', sub: 'alerts:bob' };
 const CFG = { options: { shareAcrossTabs: true }, mount: MOUNT };
+const ALL = [...MOUNT.map((m) => m.sub), EXTRA.sub].sort();
+const mountOf = (i) => (i === 2 ? [...MOUNT, EXTRA] : MOUNT);
 
 test('three tabs share one connection; closing the leader hands over without loss', { skip, timeout: 60000 }, async (t) => {
   await scenario(t, {}, async (stack) => {
     const ctx = await newContext(stack, 'bob');
     const tabs = [];
     for (let i = 0; i < 3; i++) {
-      const app = await stack.open(ctx, CFG);
-      assert.ok(await app.waitViews(MOUNT.map((m) => m.id), 'live', 8000), `tab ${i} live`);
+      const app = await stack.open(ctx, { ...CFG, mount: mountOf(i) });
+      assert.ok(await app.waitViews(mountOf(i).map((m) => m.id), 'live', 8000), `tab ${i} live`);
       tabs.push(app);
     }
     await sleep(1000);
+    const lastStream = stack.nginx.streams().at(-1);
     const fetching = tabs.map((a, i) => [i, a.requests.length]).filter(([, n]) => n > 0);
     t.diagnostic(`after 3 tabs: ${stack.nginx.streams().length} streams established, ${openStreams(stack)} held; /events requests per tab ${JSON.stringify(tabs.map((a) => a.requests.length))}`);
     assert.equal(openStreams(stack), 1, 'one stream connection held for the three tabs');
     assert.equal(fetching.length, 1, `one tab (the leader) made /events requests: ${JSON.stringify(fetching)}`);
+    assert.deepEqual(lastStream.channels.split(',').sort(), ALL, 'the stream carries the union of the tabs\' subscriptions');
     for (const [i, a] of tabs.entries()) {
       const s = await a.snapshot(false);
       assert.equal(s.status, 'open', `tab ${i}: client status open`);
     }
-    assert.ok(await stack.redis.waitSubscribed(MOUNT.map((m) => m.sub), 5000), 'channels subscribed in Redis');
+    assert.ok(await stack.redis.waitSubscribed(ALL, 5000), 'channels subscribed in Redis');
 
-    const pub = startPublisher({ port: stack.redis.port, channels: MOUNT.map((m) => m.sub), rate: 100 });
+    const pub = startPublisher({ port: stack.redis.port, channels: ALL, rate: 120 });
     await sleep(1000);
     const leaderIdx = fetching[0][0];
     const leader = tabs[leaderIdx];
@@ -55,15 +61,16 @@ test('three tabs share one connection; closing the leader hands over without los
 
     const last = res.perChannel;
     for (const a of rest) {
+      const i = tabs.indexOf(a);
       await waitUntil(async () => {
         const s = await a.snapshot(true);
-        return MOUNT.every((c) => (s.seen[c.id] || []).some((r) => r.data && r.data.n >= last[c.sub]));
+        return mountOf(i).every((c) => (s.seen[c.id] || []).some((r) => r.data && r.data.n >= last[c.sub]));
       }, 8000, 100);
     }
     const problems = [];
     for (const a of rest) {
       const s = await a.snapshot(true);
-      for (const c of MOUNT) {
+      for (const c of mountOf(tabs.indexOf(a))) {
         const r = exactlyOnce(s.seen[c.id] || [], res, c.sub);
         const line = `tab ${tabs.indexOf(a)} ${describe(c.id, r)}`;
         t.diagnostic(line);
