@@ -3,6 +3,7 @@
 
 Publishes JSON log lines to  logs:{workspace}:{workflow},
 metrics snapshots to         metrics:{workspace}   (about once a second),
+dashboard values to          dashboards:{1..40}    (each once a second),
 and now and then an alert to alerts:{user}.
 
 Standard library only: speaks RESP to Redis over a plain socket.
@@ -77,6 +78,11 @@ def alert(ws, workflows):
             "workspace": ws, "workflow": wf,
             "msg": f"workflow {wf} in {ws} " + random.choice(
                 ["failed 3 times in a row", "is 20 min behind schedule", "produced 0 rows"])}
+
+
+def dashboard(i):
+    return {"ts": now_iso(), "id": i, "value": random.randint(0, 100),
+            "trend": random.choice(["up", "down", "flat"])}
 
 
 def resp_command(*args):
@@ -154,6 +160,7 @@ def main():
     p.add_argument("--workspaces", default="w1,w2")
     p.add_argument("--workflows", default="nightly-sales,customer-sync,ml-features")
     p.add_argument("--users", default=",".join(USERS), help="alert recipients")
+    p.add_argument("--dashboards", type=int, default=40, help="dashboards:1..N get values (default 40)")
     p.add_argument("--count", type=int, default=0, help="stop after this many log lines (0 = run forever)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every message published")
     a = p.parse_args()
@@ -189,12 +196,14 @@ def main():
                 next_metrics = now + 1
                 for w in workspaces:
                     send(f"metrics:{w}", metrics(w, workflows))
+                for i in range(1, a.dashboards + 1):
+                    send(f"dashboards:{i}", dashboard(i))
             if now >= next_log:
                 next_log = now + random.expovariate(a.rate)
                 ws, wf = random.choice(workspaces), random.choice(workflows)
                 send(f"logs:{ws}:{wf}", log_line(ws, wf))
                 sent += 1
-                if users and random.random() < 0.01:
+                if users and random.random() < 0.03:
                     send(f"alerts:{random.choice(users)}", alert(ws, workflows))
             time.sleep(max(0.0, min(next_log, next_metrics) - time.monotonic()))
     except (KeyboardInterrupt, SystemExit):
