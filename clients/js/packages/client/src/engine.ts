@@ -52,7 +52,10 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
   let live: string[] = [];
   let overlap: string[] = [];
   let error: string | undefined;
-  /** Denied by the server (403, 400, sse-refused) until no longer demanded. */
+  /**
+   * Denied by the server (403, 400, sse-refused) until no longer demanded;
+   * 403 denials also end when the server ends a stream cleanly.
+   */
   const sticky = new Map<string, string>();
   let serverRetry: number | undefined;
   let attempt = 0;
@@ -142,7 +145,13 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
   }
 
   function done(outcome: Outcome, subs: string[]): void {
-    if (!outcome) return retryLater();
+    if (!outcome) {
+      // A clean end (reload, revocation): auth runs again on the next
+      // request and grants may have changed, so 403 denials are asked again.
+      for (const [s, r] of sticky) if (r.startsWith(NOT_ALLOWED)) sticky.delete(s);
+      retryLater();
+      return update();
+    }
     if ('error' in outcome) {
       const e = outcome.error;
       error = String((e as Error)?.message ?? e);

@@ -278,6 +278,30 @@ describe('errors, per subscription', () => {
     expect(server.take().channels).toEqual(['a', 'b']);
   });
 
+  it('a clean end (revocation: grants may have changed) asks again for 403-denied ones, not for sse-refused ones', async () => {
+    const { server, client, listen } = setup({ retry: { initialMs: 100 } });
+    listen('a');
+    listen('b');
+    listen('c');
+    await tick(50);
+    server.take().reply(403, 'sse: not allowed: b\n');
+    await tick();
+    const body = server.take().open();
+    body.event('sse-refused', 'c');
+    await tick();
+    expect(client.activeSubscriptions).toEqual(['a']);
+    body.end();
+    await tick();
+    expect(client.subscriptionStatus('b').status).toBe('reconnecting');
+    expect(client.subscriptionStatus('c').status).toBe('denied');
+    await tick(100);
+    const again = server.take();
+    expect(again.channels).toEqual(['a', 'b']);
+    again.open();
+    await tick();
+    expect(client.subscriptionStatus('b').status).toBe('live');
+  });
+
   it('403 denying everything leaves the client idle, no request', async () => {
     const { server, client, listen } = setup();
     listen('a');
