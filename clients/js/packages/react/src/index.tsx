@@ -23,7 +23,15 @@ import {
 import { createClient } from '@nginx-sse/client';
 import type { Client, ClientOptions, ViewOptions, ViewState, ViewStatus } from '@nginx-sse/client';
 
-export type { Client, ClientOptions, ViewOptions, ViewState, ViewStatus } from '@nginx-sse/client';
+export type {
+  Client,
+  ClientOptions,
+  ConnectionStatus,
+  SSEEvent,
+  ViewOptions,
+  ViewState,
+  ViewStatus,
+} from '@nginx-sse/client';
 
 const SSEContext = createContext<Client | null>(null);
 

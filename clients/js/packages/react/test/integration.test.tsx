@@ -55,14 +55,18 @@ function fakeFetch() {
 }
 
 it.skipIf(missing !== null)(
-  'real client: StrictMode provider opens one connection, two components share the channel, unmount closes it',
+  'real client: StrictMode provider opens one connection, two components share the channel, latest onGap called, unmount closes it',
   async () => {
     const { SSEProvider, useSSE, withSSE } = await import('../src/index');
     const { fetch, calls } = fakeFetch();
     const channel = 'logs:w1:nightly';
 
-    function Lines() {
-      const s = useSSE<string, string[]>(channel, { reducer: (lines = [], e: SSEEvent<string>) => [...lines.slice(-999), e.data] });
+    const gaps: string[] = [];
+    function Lines({ tag }: { tag: string }) {
+      const s = useSSE<string, string[]>(channel, {
+        reducer: (lines = [], e: SSEEvent<string>) => [...lines.slice(-999), e.data],
+        onGap: (c: string) => void gaps.push(`${tag}:${c}`), // the latest rendered callback is called
+      });
       return <div data-testid="lines" data-status={s.status}>{(s.data ?? []).join('|')}</div>;
     }
     const Last = withSSE(
@@ -72,14 +76,15 @@ it.skipIf(missing !== null)(
       { subscription: channel },
     );
 
-    const { unmount } = render(
+    const app = (tag: string) => (
       <StrictMode>
         <SSEProvider url="/events" options={{ fetch, debounceMs: 0 }}>
-          <Lines />
+          <Lines tag={tag} />
           <Last />
         </SSEProvider>
-      </StrictMode>,
+      </StrictMode>
     );
+    const { rerender, unmount } = render(app('first'));
 
     await waitFor(() => expect(calls.length).toBeGreaterThan(0));
     const call = calls[0]!;
@@ -95,6 +100,10 @@ it.skipIf(missing !== null)(
     await waitFor(() => expect(screen.getByTestId('last').textContent).toBe('two'));
     expect(screen.getByTestId('lines').dataset.status).toBe('live');
     expect(screen.getByTestId('last').dataset.status).toBe('live');
+
+    rerender(app('second'));
+    await act(async () => call.push(`event: sse-gap\ndata: ${channel}\n\n`));
+    await waitFor(() => expect(gaps).toEqual([`second:${channel}`]));
 
     // Give a second connection every chance to appear: there must be none.
     await new Promise((r) => setTimeout(r, 100));
