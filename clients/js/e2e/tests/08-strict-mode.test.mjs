@@ -1,6 +1,8 @@
 // React StrictMode (development build: effects and renders run twice) with
 // <SSEProvider url="/events">: one client, one stream connection, no event
-// twice; a component that unmounts and remounts gets its state back.
+// twice; a component that unmounts and remounts gets its state back, whether
+// its channel stayed on the connection (another component wants it) or was
+// taken off and requested again.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -73,6 +75,29 @@ test('StrictMode: one connection; a remounted component keeps its state', { skip
     assert.equal(dup.outOfOrder, 0, 'm2: in order');
     const m3 = exactlyOnce(await app.seen('m3'), pub, 'metrics:cpu');
     assert.ok(m3.ok, `m3 (listener, mounted throughout): ${describe('m3', m3)}`);
+
+    // m1 is alone on logs:w1:f1: unmounting it takes the channel off the
+    // connection; mounting it again brings both the channel and its state back.
+    const before1 = await app.seen('m1');
+    const streams0 = stack.nginx.streams().length;
+    await app.unmount('m1');
+    const dropped = await waitUntil(async () => !(await app.snapshot(false)).active.includes('logs:w1:f1'), 3000);
+    assert.ok(dropped, 'logs:w1:f1 left the active subscriptions once m1 unmounted');
+    await sleep(200);
+    await app.mount(MOUNT[0]);
+    const after1 = await app.seen('m1');
+    assert.deepEqual(after1.slice(0, before1.length), before1, 'm1 remounted starts from the state it had');
+    assert.ok(await app.waitFor((s) => s.views.m1?.status === 'live' && s.active.includes('logs:w1:f1'), 5000), 'm1 live again');
+    await sleep(200);
+    const mark1 = n['logs:w1:f1'];
+    await publish('logs:w1:f1', 4);
+    assert.ok(await waitUntil(has('m1', 'logs:w1:f1'), 5000), 'm1 receives again');
+    const r1 = exactlyOnce(await app.seen('m1'), pub, 'logs:w1:f1', { from: mark1 + 1 });
+    const all1 = exactlyOnce(await app.seen('m1'), pub, 'logs:w1:f1');
+    t.diagnostic(`m1 (channel dropped and requested again): ${describe('m1', all1)}; streams ${streams0} -> ${stack.nginx.streams().length}`);
+    assert.ok(r1.ok, `m1 events after the remount exactly once: ${describe('m1', r1)}`);
+    assert.deepEqual(all1.duplicates, [], 'm1: no event twice');
+    assert.equal(openStreams(stack), 1, 'one connection held at the end');
     t.diagnostic(`streams established in all: ${stack.nginx.streams().length}`);
   });
 });
