@@ -116,9 +116,10 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     const id = hooks.lastId();
     if (id !== undefined) headers['Last-Event-ID'] = id;
     const url = o.url + (o.url.includes('?') ? '&' : '?') + encodeURIComponent(o.channelsParam ?? 'channels') + '=' + subs.map(encodeURIComponent).join(',');
-    const fetchFn = o.fetch || fetch;
+    const fetchFn = o.fetch || globalThis.fetch;
     runStream(fetchFn, { url, headers, credentials: o.credentials ?? 'same-origin', signal: c.signal }, {
       open() {
+        if (c.signal.aborted) return;
         status = 'open';
         live = subs.filter((s) => !sticky.has(s));
         error = undefined;
