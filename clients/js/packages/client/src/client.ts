@@ -99,6 +99,8 @@ export function createClient(options: ClientOptions): Client {
       listen(true);
       unlisten = () => listen(false);
     }
+    // A page that starts hidden (background tab, prerender) waits until shown.
+    if (o.closeWhenHidden && typeof document !== 'undefined') conn.pause(document.visibilityState === 'hidden');
   }
 
   function stop(): void {

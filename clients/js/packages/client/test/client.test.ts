@@ -546,6 +546,20 @@ describe('reconnection', () => {
     expect(server.take().headers.get('last-event-id')).toBe('5');
   });
 
+  it('closeWhenHidden: a page that starts hidden connects when shown', async () => {
+    const doc = Object.assign(new EventTarget(), { visibilityState: 'hidden' });
+    vi.stubGlobal('window', new EventTarget());
+    vi.stubGlobal('document', doc);
+    const { server, listen } = setup({ closeWhenHidden: true });
+    listen('a');
+    await tick(1000);
+    expect(server.pending).toBe(0);
+    doc.visibilityState = 'visible';
+    doc.dispatchEvent(new Event('visibilitychange'));
+    await tick();
+    expect(server.take().channels).toEqual(['a']);
+  });
+
   it('close() aborts, closes every subscription; a later subscribe starts again', async () => {
     const { server, client, listen } = setup();
     const statuses: string[] = [];
