@@ -190,6 +190,19 @@ export async function scenario(t, opts, fn) {
     failed = e;
   }
   try {
+    if (!failed) {
+      // Uncaught exceptions and unhandled rejections in a page are failures too.
+      const pageProblems = [];
+      for (const [i, app] of stack.pages.entries()) {
+        let errs = [...app.pageErrors];
+        if (!app.page.isClosed()) {
+          const inPage = await within(app.page.evaluate(() => window.__app.errors).catch(() => []), 2000, []);
+          errs = errs.concat(inPage.filter((e) => !errs.some((x) => x.includes(e.replace(/^\w+: /, '')))));
+        }
+        for (const e of errs) pageProblems.push(`page ${i}: ${e}`);
+      }
+      if (pageProblems.length) failed = new Error(`errors in the page:\n${pageProblems.slice(0, 10).join('\n')}`);
+    }
     if (failed) await dumpDiagnostics(stack, log);
     const alerts = stack.nginx ? stack.nginx.newAlerts() : [];
     if (!failed && alerts.length) {
