@@ -214,3 +214,27 @@ export async function killClientSockets(port) {
   const r = await run('ss', ['-K', '-t', 'dst', '127.0.0.1', 'dport', '=', `:${port}`]);
   return r.out.split('\n').filter((l) => /ESTAB/.test(l)).length;
 }
+
+/** The server side of established TCP connections on 127.0.0.1:port, from
+ * `ss -tin`: [{ peer, bytesReceived, bytesSent }]. A stream has received a
+ * request; a socket a browser opened ahead of need (preconnect) has not. */
+export async function serverSockets(port) {
+  const r = await run('ss', ['-Htin', 'state', 'established', 'sport', '=', `:${port}`]);
+  const out = [];
+  let cur = null;
+  for (const line of r.out.split('\n')) {
+    const m = /^\s*\d+\s+\d+\s+(\S+)\s+(\S+)/.exec(line);
+    if (m && !line.startsWith('\t')) {
+      cur = { local: m[1], peer: m[2], bytesReceived: 0, bytesSent: 0 };
+      out.push(cur);
+      continue;
+    }
+    if (cur) {
+      const rcv = /bytes_received:(\d+)/.exec(line);
+      const snt = /bytes_sent:(\d+)/.exec(line);
+      if (rcv) cur.bytesReceived = Number(rcv[1]);
+      if (snt) cur.bytesSent = Number(snt[1]);
+    }
+  }
+  return out;
+}

@@ -6,7 +6,7 @@ import { chromium } from 'playwright-core';
 import { AuthService, DEFAULT_GRANTS } from './auth.mjs';
 import { bundlePages, missingPackages } from './bundle.mjs';
 import { Nginx, missingPrerequisite } from './nginx.mjs';
-import { killAll, removeTempDirs, waitUntil, establishedTo, sleep, within } from './procs.mjs';
+import { killAll, removeTempDirs, waitUntil, serverSockets, sleep, within } from './procs.mjs';
 import { RedisServer } from './redis.mjs';
 
 export { sleep, waitUntil };
@@ -72,10 +72,18 @@ export async function startStack({ grants = DEFAULT_GRANTS, workers = 2, log = (
   }
 }
 
-/** Stream connections currently established to nginx (server side). Static
- * pages are served without keep-alive, so these are the event streams. */
-export function openStreams(stack) {
-  return establishedTo(stack.nginx.port);
+/** Stream connections currently established to nginx (server side): the
+ * established sockets on nginx's port that received a request. Static pages
+ * are served without keep-alive, and sockets Chromium opens ahead of need
+ * (preconnect) have received nothing, so these are the event streams (plus,
+ * in scenarios with refused requests, idle keep-alive connections). */
+export async function openStreams(stack) {
+  const socks = await serverSockets(stack.nginx.port);
+  const used = socks.filter((s) => s.bytesReceived > 0);
+  if (used.length !== 1 || socks.length !== used.length) {
+    stack.log?.(`sockets established to nginx: ${JSON.stringify(socks.map((s) => [s.peer, s.bytesReceived, s.bytesSent]))}`);
+  }
+  return used.length;
 }
 
 /** A browser context whose cookie says who the user is (or none). */

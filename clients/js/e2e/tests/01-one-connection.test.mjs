@@ -34,7 +34,7 @@ test('five components on four channels share one stream connection', { skip, tim
       `exactly one established /events stream in the access log, got ${JSON.stringify(streams.map((s) => s.uri))}`);
     assert.deepEqual(streams[0].channels.split(',').sort(), SUBS, 'the stream asked for the four subscriptions');
     assert.equal(stack.nginx.refusedStreams().length, 0, 'no refused /events request');
-    assert.equal(openStreams(stack), 1, 'one connection held to nginx');
+    assert.equal(await openStreams(stack), 1, 'one connection held to nginx');
     assert.equal(app.requests.length, 1, `one /events request from the page: ${JSON.stringify(app.requests)}`);
 
     const snap = await app.snapshot(false);

@@ -88,7 +88,7 @@ test('route switches every 300 ms under 200 msg/s: nothing lost, nothing twice',
     for (const [, p] of periods) if (p.to === null) p.to = Infinity;
 
     const streams = stack.nginx.streams();
-    const held = openStreams(stack);
+    const held = await openStreams(stack);
     t.diagnostic(`${streams.length} stream connections established (access log), ${app.requests.length} /events requests from the page, ${held} held now`);
     assert.equal(held, 1, 'the replaced connections were closed: one held at the end');
 

@@ -34,8 +34,8 @@ test('three tabs share one connection; closing the leader hands over without los
     await sleep(1000);
     const lastStream = stack.nginx.streams().at(-1);
     const fetching = tabs.map((a, i) => [i, a.requests.length]).filter(([, n]) => n > 0);
-    t.diagnostic(`after 3 tabs: ${stack.nginx.streams().length} streams established, ${openStreams(stack)} held; /events requests per tab ${JSON.stringify(tabs.map((a) => a.requests.length))}`);
-    assert.equal(openStreams(stack), 1, 'one stream connection held for the three tabs');
+    t.diagnostic(`after 3 tabs: ${stack.nginx.streams().length} streams established, ${await openStreams(stack)} held; /events requests per tab ${JSON.stringify(tabs.map((a) => a.requests.length))}`);
+    assert.equal(await openStreams(stack), 1, 'one stream connection held for the three tabs');
     assert.equal(fetching.length, 1, `one tab (the leader) made /events requests: ${JSON.stringify(fetching)}`);
     assert.deepEqual(lastStream.channels.split(',').sort(), ALL, 'the stream carries the union of the tabs\' subscriptions');
     for (const [i, a] of tabs.entries()) {
@@ -57,7 +57,7 @@ test('three tabs share one connection; closing the leader hands over without los
     assert.ok(took, 'another tab opened the stream');
     await sleep(1500);
     const res = await pub.stop();
-    assert.equal(openStreams(stack), 1, 'one stream connection held after the handover');
+    assert.equal(await openStreams(stack), 1, 'one stream connection held after the handover');
 
     const last = res.perChannel;
     for (const a of rest) {

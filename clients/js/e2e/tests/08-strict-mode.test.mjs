@@ -27,7 +27,7 @@ test('StrictMode: one connection; a remounted component keeps its state', { skip
     t.diagnostic(`lifecycle: ${JSON.stringify(snap0.lifecycle.map((l) => [l.id, l.ev]))}`);
     assert.equal(stack.nginx.streams().length, 1, `one stream established: ${JSON.stringify(stack.nginx.streams().map((s) => s.uri))}`);
     assert.equal(app.requests.length, 1, `one /events request: ${JSON.stringify(app.requests)}`);
-    assert.equal(openStreams(stack), 1, 'one connection held');
+    assert.equal(await openStreams(stack), 1, 'one connection held');
     assert.equal(snap0.status, 'open', 'client status open');
     assert.deepEqual(snap0.active, ['logs:w1:f1', 'metrics:cpu'], 'active subscriptions');
 
@@ -97,7 +97,7 @@ test('StrictMode: one connection; a remounted component keeps its state', { skip
     t.diagnostic(`m1 (channel dropped and requested again): ${describe('m1', all1)}; streams ${streams0} -> ${stack.nginx.streams().length}`);
     assert.ok(r1.ok, `m1 events after the remount exactly once: ${describe('m1', r1)}`);
     assert.deepEqual(all1.duplicates, [], 'm1: no event twice');
-    assert.equal(openStreams(stack), 1, 'one connection held at the end');
+    assert.equal(await openStreams(stack), 1, 'one connection held at the end');
     t.diagnostic(`streams established in all: ${stack.nginx.streams().length}`);
   });
 });
