@@ -187,22 +187,6 @@ export function alive(pid) {
   }
 }
 
-/** Established TCP connections whose local port is `port` (server side), from
- * /proc/net/tcp (IPv4 loopback only, which is all we use). */
-export function establishedTo(port) {
-  let text = '';
-  try { text = fs.readFileSync('/proc/net/tcp', 'utf8'); } catch { return 0; }
-  const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  let n = 0;
-  for (const line of text.split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 4) continue;
-    const local = f[1];
-    if (local.endsWith(':' + hex) && f[3] === '01') n++;
-  }
-  return n;
-}
-
 export function slurp(file) {
   try { return fs.readFileSync(file, 'utf8'); } catch { return ''; }
 }
