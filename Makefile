@@ -2,7 +2,8 @@
 #
 #   make build            module for the installed nginx (Debian's nginx-core + nginx-dev)
 #   make build-vendored   module + nginx binary for ngx's bundled nginx (mainline 1.28)
-#   make test             cargo test + prove t/ against a real nginx and redis-server
+#   make test             cargo test + prove t/ + the browser client's unit and
+#                         end-to-end tests (Chromium), against a real nginx and redis-server
 #   make demo             the demo on loopback (redis + nginx + publisher)
 #   make bench            benchmark against nchan (bench/README.md)
 #   make deps             apt packages a fresh Debian machine lacks
@@ -24,11 +25,13 @@ DEBIAN_LD_OPT := -Wl,-z,relro -Wl,-z,now -fPIC
 MODULE := target/release/libngx_http_sse_module.so
 VENDORED_TARGET := $(CURDIR)/target/vendored
 
-APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3
+APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3 chromium iproute2
+NPM ?= npm
+JS_DIR := clients/js
 
 SSE_MODULE ?= $(CURDIR)/$(MODULE)
 
-.PHONY: build build-vendored test test-vendored unit prove lint demo deps clean-nginx-tree bench
+.PHONY: build build-vendored test test-vendored unit prove js-deps js-test lint demo deps clean-nginx-tree bench
 
 build: $(DEBIAN_OBJS)/ngx_auto_config.h
 	NGINX_BUILD_DIR=$(DEBIAN_OBJS) $(CARGO) build --release
@@ -65,8 +68,18 @@ lint: $(DEBIAN_OBJS)/ngx_auto_config.h
 prove: build
 	NGINX_BIN=$(NGINX_BIN) SSE_MODULE=$(SSE_MODULE) prove -j2 -r t/
 
+# The browser client (clients/js): its npm packages from the lockfile, then
+# build, type checks, unit tests (vitest) and end-to-end tests in headless
+# Chromium against the module built above (node's test runner).
+js-deps:
+	@command -v node >/dev/null && command -v $(NPM) >/dev/null || $(MAKE) --no-print-directory deps APT_PACKAGES="nodejs npm"
+	cd $(JS_DIR) && $(NPM) ci --no-audit --no-fund --loglevel=error
+
+js-test: js-deps build
+	cd $(JS_DIR) && SSE_MODULE=$(SSE_MODULE) NGINX_BIN=$(NGINX_BIN) $(NPM) test
+
 # The README's test command: everything, from a fresh machine.
-test: deps unit prove
+test: deps unit prove js-test
 
 test-vendored: build-vendored
 	NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so prove -j2 -r t/
