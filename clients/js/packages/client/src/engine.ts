@@ -6,6 +6,7 @@
 
 import { backoffDelay, DEFAULT_BASE_MS, DEFAULT_CAP_MS } from './backoff';
 import { selectRequest } from './demand';
+import { covers } from './pattern';
 import { runStream, type Outcome } from './transport';
 import type { ClientOptions, ConnectionStatus } from './types';
 
@@ -63,12 +64,21 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
   let ctrl: AbortController | undefined;
   let paused = false;
 
+  /**
+   * A subscription left out because it overlaps a requested one is served
+   * by it when that one covers it (`dashboards:7` under `dashboards:*`): it
+   * is live with it. Otherwise part of it would be missing: denied.
+   */
+  const coverer = (s: string): string | undefined => request.find((r) => covers(r, s));
   const emit = (): void =>
     hooks.state({
       status,
       request,
-      live,
-      denied: [...sticky, ...overlap.map((s): [string, string] => [s, 'overlap'])],
+      live: [...live, ...overlap.filter((s) => live.includes(coverer(s) ?? ''))],
+      denied: [
+        ...sticky,
+        ...overlap.filter((s) => !coverer(s)).map((s): [string, string] => [s, 'overlap']),
+      ],
       error,
     });
 

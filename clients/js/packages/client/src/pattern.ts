@@ -68,3 +68,19 @@ export function overlaps(a: string, b: string): boolean {
     if (p !== q && p !== '*' && q !== '*') return false;
   }
 }
+
+/** Whether every channel `inner` matches is matched by `outer` too. */
+export function covers(outer: string, inner: string): boolean {
+  const x = outer.split(':');
+  const y = inner.split(':');
+  for (let i = 0; ; i++) {
+    const p = x[i];
+    const q = y[i];
+    // `**` takes one or more segments: whatever the inner side has there.
+    if (p === '**') return q !== undefined;
+    if (p === undefined || q === undefined) return p === q;
+    // An inner `**` matches any length, which no other segment does.
+    if (q === '**') return false;
+    if (p !== '*' && p !== q) return false;
+  }
+}

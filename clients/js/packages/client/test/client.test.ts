@@ -421,7 +421,7 @@ describe('errors, per subscription', () => {
     expect(server.take().channels).toEqual(['ok']);
   });
 
-  it('overlapping subscriptions: the later one is kept out, denied "overlap", and still sees its events', async () => {
+  it('overlapping subscriptions: the later one is kept out and served by the one that covers it', async () => {
     const { server, client, listen, events } = setup();
     const denied = vi.fn();
     const offAll = listen('dashboards:*');
@@ -429,10 +429,10 @@ describe('errors, per subscription', () => {
     await tick(50);
     const body = server.take();
     expect(body.channels).toEqual(['dashboards:*']);
-    expect(client.subscriptionStatus('dashboards:7')).toEqual({ status: 'denied', reason: 'overlap' });
-    expect(denied).toHaveBeenCalledWith('dashboards:7', 'overlap');
     body.open().event('dashboards:7', '1', 1);
     await tick();
+    expect(client.subscriptionStatus('dashboards:7')).toEqual({ status: 'live' });
+    expect(denied).not.toHaveBeenCalled();
     expect(events).toEqual(['dashboards:* dashboards:7 1 #1', 'dashboards:7 dashboards:7 1 #1']);
     offAll();
     await tick(50);
@@ -441,6 +441,18 @@ describe('errors, per subscription', () => {
     next.open();
     await tick();
     expect(client.subscriptionStatus('dashboards:7')).toEqual({ status: 'live' });
+  });
+
+  it('a subscription that overlaps without being covered is denied "overlap"', async () => {
+    const { server, client, listen } = setup();
+    const denied = vi.fn();
+    listen('a:*:c');
+    listen('a:b:*', { onDenied: denied });
+    await tick(50);
+    server.take().open();
+    await tick();
+    expect(client.subscriptionStatus('a:b:*')).toEqual({ status: 'denied', reason: 'overlap' });
+    expect(denied).toHaveBeenCalledWith('a:b:*', 'overlap');
   });
 });
 

@@ -2,7 +2,7 @@
 // by case, plus the server's property tests written again: matches against
 // an independent reference model, overlaps against brute force.
 import { describe, expect, it } from 'vitest';
-import { invalidReason, isPattern, matches, overlaps } from '../src/pattern';
+import { covers, invalidReason, isPattern, matches, overlaps } from '../src/pattern';
 
 describe('matches', () => {
   const cases: [string, string, boolean][] = [
@@ -152,4 +152,23 @@ it('overlaps agrees with brute force (some channel matched by both)', () => {
     }
   }
   expect(wrong).toEqual([]);
+});
+
+it('covers agrees with brute force (every channel of the inner one is matched by the outer one)', () => {
+  const patterns = allPatterns();
+  const channels = allChannels();
+  const matched = new Map(patterns.map((p) => [p, channels.map((c) => matches(p, c))]));
+  const wrong: string[] = [];
+  for (const outer of patterns) {
+    for (const inner of patterns) {
+      const mo = matched.get(outer)!;
+      const mi = matched.get(inner)!;
+      const witnessed = mi.every((m, i) => !m || mo[i]);
+      if (covers(outer, inner) !== witnessed) wrong.push(`${outer} ⊇ ${inner}: ${witnessed}`);
+    }
+  }
+  expect(wrong).toEqual([]);
+  expect(covers('dashboards:*', 'dashboards:7')).toBe(true);
+  expect(covers('dashboards:7', 'dashboards:*')).toBe(false);
+  expect(covers('a:*:c', 'a:b:*')).toBe(false);
 });
