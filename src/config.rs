@@ -18,6 +18,7 @@
 //! | `sse_history_start`| http, server, location  | [`LocConf::history_start`] |
 //! | `sse_redis_prefix` | http                    | [`MainConf::prefix`]    |
 //! | `sse_max_message_size` | http                | [`MainConf::max_message`] |
+//! | `sse_metrics`      | location                | (the location's handler) |
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -30,8 +31,9 @@ use ngx::ffi::{
     ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
     ngx_parse_url, ngx_pcalloc, ngx_str_t, ngx_uint_t, ngx_url_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN,
+    NGX_OK,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
@@ -77,6 +79,8 @@ pub struct MainConf {
     /// `sse_max_message_size` (nginx's size slot, hence the UNSET marker
     /// until [`init_main_conf`]).
     pub max_message: usize,
+    /// The shared zone the workers count metrics into.
+    pub metrics_zone: *mut ngx::ffi::ngx_shm_zone_t,
 }
 
 impl Default for MainConf {
@@ -87,6 +91,7 @@ impl Default for MainConf {
             history_used: false,
             prefix: None,
             max_message: UNSET_SIZE,
+            metrics_zone: ptr::null_mut(),
         }
     }
 }
@@ -215,7 +220,7 @@ static mut REFUSED_MODES: [ngx_conf_enum_t; 3] = [
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 16] = [
     ngx_command_t {
         name: ngx_string!("sse_redis_url"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -330,8 +335,29 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         offset: offset_of!(MainConf, max_message),
         post: ptr::null_mut(),
     },
+    ngx_command_t {
+        name: ngx_string!("sse_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(set_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
+
+/// `sse_metrics;` — the location answers the Prometheus exposition.
+extern "C" fn set_metrics(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `cf` is the configuration being parsed, in a location block.
+    if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
+        clcf.handler = Some(crate::http::exposition::handler);
+    }
+    ptr::null_mut()
+}
 
 /// Most messages `sse_history_start` may replay per channel.
 pub const MAX_HISTORY_START: ngx_int_t = 10_000;
@@ -522,6 +548,11 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
     let main = unsafe { &mut *(conf as *mut MainConf) };
     if main.max_message == UNSET_SIZE {
         main.max_message = DEFAULT_MAX_MESSAGE;
+    }
+    // SAFETY: configuration time, nginx's conf context.
+    match unsafe { crate::metrics::add_zone(cf) } {
+        Ok(zone) => main.metrics_zone = zone,
+        Err(e) => return e,
     }
     if main.redis.is_none() {
         // SAFETY: configuration time, nginx's conf context.

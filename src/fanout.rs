@@ -19,10 +19,12 @@ use sse_core::registry::Registry;
 use sse_core::resp::Value;
 
 use crate::frame::{Frame, REFUSED_EVENT};
+use crate::metrics;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{CommandsSink, Request, SubscriberSink};
 use crate::replay::Phase;
 use crate::stream::{Stream, StreamKey};
+use sse_core::metrics::Counter;
 
 /// What a Redis event handler asks the worker to do afterwards.
 #[derive(Default)]
@@ -113,12 +115,14 @@ impl SubscriberSink for Fanout<'_> {
             }
             return;
         }
+        metrics::count(Counter::RedisMessages, 1);
         let subscribers = self.registry.subscribers(key);
         if subscribers.is_empty() {
             // Unsubscribed a moment ago; Redis had already sent it.
             return;
         }
         if payload.len() > self.max_message {
+            metrics::count(Counter::SkippedTooLarge, 1);
             ngx_log_error!(
                 NGX_LOG_WARN,
                 cycle_log(),
@@ -132,6 +136,7 @@ impl SubscriberSink for Fanout<'_> {
         let envelope = match envelope::parse(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
+                metrics::count(Counter::SkippedMalformed, 1);
                 ngx_log_error!(
                     NGX_LOG_WARN,
                     cycle_log(),
@@ -143,6 +148,7 @@ impl SubscriberSink for Fanout<'_> {
             }
         };
         if !envelope.belongs_to(self.prefix) {
+            metrics::count(Counter::SkippedForeignPrefix, 1);
             // Published with history under another sse_redis_prefix: its id
             // is a position in another application's sequence.
             sse_debug!(

@@ -15,6 +15,7 @@
 //! - [`transport`]: how bytes reach the client (nginx's output filters, or
 //!   written directly once the request is retired);
 //! - [`redis`]: the worker's Redis connections and their two protocols;
+//! - [`metrics`]: counters in shared memory and the `sse_metrics` handler;
 //! - [`frame`], [`ngx_ext`]: shared event bytes, small FFI wrappers.
 //!
 //! The wire format, channel rules, Redis protocol and registry are pure Rust
@@ -38,6 +39,7 @@ mod config;
 mod fanout;
 mod frame;
 mod http;
+mod metrics;
 mod ngx_ext;
 mod redis;
 mod replay;

@@ -23,6 +23,8 @@ use sse_core::history::{self, ChannelHistory, Plan, Resume};
 use sse_core::resp::Value;
 
 use crate::frame::Frame;
+use crate::metrics;
+use sse_core::metrics::Counter;
 
 /// What each read of a replay's transaction (one MULTI/EXEC) is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub struct Replay {
     kinds: Vec<RequestKind>,
     /// The stream's concrete channels (patterns have no history).
     channels: Vec<Box<[u8]>>,
+    /// The first replay (the client's resume) is done.
+    completed: bool,
 }
 
 /// What the transaction's reply says, borrowed from it.
@@ -89,6 +93,7 @@ impl Replay {
             held: Vec::new(),
             kinds: Vec::new(),
             channels,
+            completed: false,
         }
     }
 
@@ -292,6 +297,20 @@ impl Replay {
             }
         }
         gaps.sort_unstable();
+        metrics::count(Counter::EventsReplayed, events.len() as u64);
+        if !self.completed {
+            // A client's resume (catch-ups after a Redis loss are not).
+            let outcome = match self.resume {
+                Resume::Fresh => None,
+                Resume::Malformed => Some(Counter::ResumeInvalid),
+                Resume::After(_) if gaps.is_empty() => Some(Counter::ResumeReplayed),
+                Resume::After(_) => Some(Counter::ResumeGap),
+            };
+            if let Some(outcome) = outcome {
+                metrics::count(outcome, 1);
+            }
+            self.completed = true;
+        }
 
         let mut out = Vec::with_capacity(events.len() + self.held.len() + 1);
         if !gaps.is_empty() {

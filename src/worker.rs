@@ -26,9 +26,11 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
+use sse_core::metrics::{CloseReason, Gauge};
 use sse_core::registry::Registry;
 
 use crate::fanout::{Effects, Fanout};
+use crate::metrics;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{self, Commands, Connection, RedisEvent, Request, Role, Subscriber};
 use crate::replay::Phase;
@@ -102,6 +104,7 @@ pub fn register(key: StreamKey) {
         let new = w.registry.subscribe(key, s.keys());
         if !new.is_empty() {
             w.subscriber.subscribe(&new);
+            metrics::gauge_set(Gauge::RedisSubscriptions, w.registry.key_count() as i64);
         }
         if let Some(replay) = s.replay.as_mut() {
             // Once Redis confirms the subscriptions (barrier), the history
@@ -124,6 +127,9 @@ fn unregister(key: StreamKey, id: u64, keys: &[Box<[u8]>]) {
         let gone = w.registry.unsubscribe(key, keys);
         if !gone.is_empty() && !w.exiting {
             w.subscriber.unsubscribe(&gone);
+        }
+        if !gone.is_empty() {
+            metrics::gauge_set(Gauge::RedisSubscriptions, w.registry.key_count() as i64);
         }
         // A stream is only dirty within one Redis batch, but never leave a
         // dangling key behind, whatever the path that ended it.
@@ -171,6 +177,10 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
         }
         w.apply(&mut effects);
         w.shrink_scratch();
+        metrics::gauge_set(Gauge::SubscriberPending, w.subscriber.in_flight() as i64);
+        if let Some(commands) = &w.commands {
+            metrics::gauge_set(Gauge::CommandsPending, commands.in_flight() as i64);
+        }
         (
             mem::take(&mut w.dirty),
             mem::take(&mut effects.revoked),
@@ -185,7 +195,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
     for (id, event) in refused {
         if let Some(key) = registered(id) {
             // SAFETY: a registered stream is live; ending it frees only it.
-            unsafe { Stream::end_with(key, event) };
+            unsafe { Stream::end_with(key, event, CloseReason::Refused) };
         }
     }
     let revoked: Vec<StreamKey> = revoked.into_iter().filter_map(registered).collect();
@@ -193,7 +203,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
         log_revocation(&revoked);
         // SAFETY: the streams are registered (live), each listed once (ids
         // are unique in the worker's map).
-        unsafe { stream::end_all(revoked) };
+        unsafe { stream::end_all(revoked, CloseReason::Revoked) };
     }
 }
 
@@ -319,6 +329,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let Some(main) = SseModule::main_conf(cycle) else {
         return NGX_OK as ngx_int_t;
     };
+    metrics::claim(main.metrics_zone);
     let Some(target) = main.redis.as_ref().filter(|_| main.used) else {
         // No sse_channel anywhere: no Redis connection either.
         return NGX_OK as ngx_int_t;
@@ -394,7 +405,7 @@ unsafe extern "C" fn shutdown_handler(_ev: *mut ngx_event_t) {
     })
     .unwrap_or_default();
     // SAFETY: the streams are registered (live), each listed once.
-    unsafe { stream::end_all(streams) };
+    unsafe { stream::end_all(streams, CloseReason::Reload) };
     close_shutdown_watch();
 }
 
@@ -413,8 +424,12 @@ fn close_shutdown_watch() {
 ///
 /// # Safety
 /// nginx calls it in the exiting worker process.
-pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     with(Worker::close_redis);
+    // SAFETY: nginx passes the worker's cycle.
+    if let Some(main) = SseModule::main_conf(unsafe { &*cycle }) {
+        metrics::release(main.metrics_zone);
+    }
     close_shutdown_watch();
     WORKER.with(|cell| cell.borrow_mut().take());
 }

@@ -6,6 +6,7 @@
 //! ([`response`]), then [`Stream::open`] and the worker's fan-out.
 
 mod admission;
+pub mod exposition;
 mod response;
 
 use ngx::ffi::{
@@ -15,10 +16,12 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 use sse_core::history::Resume;
 
+use crate::metrics;
 use crate::ngx_ext::{add_pool_header, add_static_header, static_str};
 use crate::replay::Replay;
 use crate::stream::{Opening, Stream};
 use crate::{worker, SseModule};
+use sse_core::metrics::Counter;
 
 /// The query argument that carries the last event id on a first connection
 /// (EventSource cannot set headers).
@@ -34,6 +37,7 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
     let request = unsafe { Request::from_ngx_http_request(r) };
     let r = response::raw(request);
     if request.method() != Method::GET {
+        metrics::count(Counter::Refused405, 1);
         // SAFETY: `r` is live and its header is not sent.
         unsafe {
             add_static_header(r, "Allow", "GET");
@@ -53,10 +57,18 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
     };
     let admitted = match admission::admit(request, lcf) {
         Ok(admitted) => admitted,
-        // SAFETY: as above.
-        Err(refusal) => return unsafe { response::send_error(r, refusal.status, &refusal.reason) },
+        Err(refusal) => {
+            match refusal.status {
+                400 => metrics::count(Counter::Refused400, 1),
+                403 => metrics::count(Counter::Refused403, 1),
+                _ => {}
+            }
+            // SAFETY: as above.
+            return unsafe { response::send_error(r, refusal.status, &refusal.reason) };
+        }
     };
     if !worker::accepting() {
+        metrics::count(Counter::Refused503, 1);
         // SAFETY: as above.
         return unsafe {
             response::send_error(
@@ -104,6 +116,8 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         id: worker::next_stream_id(),
         max_backlog: lcf.max_backlog,
         heartbeat_ms: lcf.heartbeat,
+        // SAFETY: `r` is live.
+        http2: unsafe { (*r).http_version } >= ngx::ffi::NGX_HTTP_VERSION_20 as usize,
     };
     // SAFETY: `r` is the live main request and this handler returns NGX_DONE.
     let Some(stream) = (unsafe { Stream::open(r, opening) }) else {

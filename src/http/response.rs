@@ -88,18 +88,39 @@ pub unsafe fn send_stream_header(
 /// `r` must be a live request whose header has not been sent.
 pub unsafe fn send_error(r: *mut ngx_http_request_t, status: u32, reason: &str) -> ngx_int_t {
     // SAFETY: the caller's contract.
+    unsafe {
+        send_body(
+            r,
+            HTTPStatus(status as usize),
+            "text/plain",
+            reason.as_bytes(),
+        )
+    }
+}
+
+/// Answers with a complete body (errors, metrics).
+///
+/// # Safety
+/// `r` must be a live request whose header has not been sent.
+pub unsafe fn send_body(
+    r: *mut ngx_http_request_t,
+    status: HTTPStatus,
+    content_type: &'static str,
+    body: &[u8],
+) -> ngx_int_t {
+    // SAFETY: the caller's contract.
     let request = unsafe { Request::from_ngx_http_request(r) };
     let r = raw(request);
     let rc = request.discard_request_body().0;
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    request.set_status(HTTPStatus(status as usize));
-    request.set_content_length_n(reason.len());
+    request.set_status(status);
+    request.set_content_length_n(body.len());
     // SAFETY: the caller's contract; a static string outlives the request.
     unsafe {
         let out = &mut (*r).headers_out;
-        out.content_type = static_str("text/plain");
+        out.content_type = static_str(content_type);
         out.content_type_len = out.content_type.len;
         out.content_type_lowcase = ptr::null_mut();
     }
@@ -108,7 +129,7 @@ pub unsafe fn send_error(r: *mut ngx_http_request_t, status: u32, reason: &str) 
         return rc;
     }
     // SAFETY: the caller's contract.
-    let Some(mut cl) = (unsafe { pool_chain(r, reason.as_bytes()) }) else {
+    let Some(mut cl) = (unsafe { pool_chain(r, body) }) else {
         return NGX_ERROR as ngx_int_t;
     };
     // SAFETY: `cl` was just built with a valid buffer.

@@ -72,6 +72,10 @@ impl Conversation for Commands {
         self.pending.push_back(Pending::Internal);
     }
 
+    fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
     fn dropped(&mut self) {
         self.lost
             .extend(self.pending.drain(..).filter_map(|p| match p {

@@ -28,7 +28,9 @@ use sse_core::resp::{self, Scanner, Value};
 use super::{
     ping_handler, read_handler, reconnect_handler, write_handler, RedisEvent, RedisTarget, Role,
 };
+use crate::metrics;
 use crate::ngx_ext::{cycle_log, NgxStrExt};
+use sse_core::metrics::{Counter, Gauge};
 
 const CONNECT_TIMEOUT_MS: ngx_msec_t = 3_000;
 const BACKOFF_MIN_MS: u64 = 100;
@@ -48,6 +50,8 @@ pub trait Conversation {
     fn keepalive(&mut self, out: &mut Vec<u8>);
     /// The connection dropped: forget what was in flight.
     fn dropped(&mut self);
+    /// Commands sent and not yet answered.
+    fn in_flight(&self) -> usize;
 }
 
 /// What is said on a connection and told to `S` (the worker).
@@ -161,6 +165,18 @@ impl<P: Conversation> Connection<P> {
 
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+
+    /// Commands sent and not yet answered (a metric).
+    pub fn in_flight(&self) -> usize {
+        self.protocol.in_flight()
+    }
+
+    fn up_gauge(&self) -> Gauge {
+        match self.role {
+            Role::Subscriber => Gauge::SubscriberUp,
+            Role::Commands => Gauge::CommandsUp,
+        }
     }
 
     /// Whether TCP is up: commands may be written.
@@ -303,6 +319,16 @@ impl<P: Conversation> Connection<P> {
         self.failure_logged = false;
         let again = self.ever_connected;
         self.ever_connected = true;
+        metrics::gauge_set(self.up_gauge(), 1);
+        if again {
+            metrics::count(
+                match self.role {
+                    Role::Subscriber => Counter::SubscriberReconnects,
+                    Role::Commands => Counter::CommandsReconnects,
+                },
+                1,
+            );
+        }
         let detail = self.protocol.up(again, sink);
         let verb = if again {
             "reconnected to"
@@ -530,6 +556,7 @@ impl<P: Conversation> Connection<P> {
 
     fn drop_connection(&mut self) {
         self.protocol.dropped();
+        metrics::gauge_set(self.up_gauge(), 0);
         if !self.conn.is_null() {
             // SAFETY: the connection is ours and closed once (pointer cleared).
             unsafe { ngx_close_connection(self.conn) };

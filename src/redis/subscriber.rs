@@ -49,6 +49,10 @@ impl Conversation for Subscriber {
         self.session.reset();
         self.up = false;
     }
+
+    fn in_flight(&self) -> usize {
+        self.session.in_flight()
+    }
 }
 
 impl<S: SubscriberSink + ?Sized> Protocol<S> for Subscriber {

@@ -13,7 +13,10 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 
+use sse_core::metrics::{CloseReason, Counter};
+
 use super::{heartbeat_frame, State, Stream, StreamKey, Transport};
+use crate::metrics;
 use crate::transport::{Direct, Written};
 use crate::SseModule;
 
@@ -177,6 +180,7 @@ unsafe extern "C" fn direct_write_handler(ev: *mut ngx_event_t) {
             "sse: client timed out (send_timeout) with {} bytes pending",
             s.pending_bytes
         );
+        s.end_reason = CloseReason::Slow;
         // SAFETY: a live stream.
         unsafe { Stream::finish(key, false) };
         return;
@@ -209,6 +213,7 @@ pub unsafe extern "C" fn heartbeat_handler(ev: *mut ngx_event_t) {
         s.heartbeat_ms - idle_for
     } else {
         s.enqueue(heartbeat_frame());
+        metrics::count(Counter::Heartbeats, 1);
         s.heartbeat_ms
     };
     // SAFETY: the stream's own timer.

@@ -34,10 +34,12 @@ use ngx::ffi::{
 };
 use ngx::ngx_log_error;
 use sse_core::envelope::Envelope;
+use sse_core::metrics::{CloseReason, Counter, Gauge};
 use sse_core::pattern::{Grants, Pattern};
 use sse_core::resp::Value;
 
 use crate::frame::Frame;
+use crate::metrics;
 use crate::ngx_ext::NgxStrExt;
 use crate::replay::Replay;
 use crate::transport::{Direct, RequestWriter, Written};
@@ -85,6 +87,8 @@ pub struct Opening {
     pub id: u64,
     pub max_backlog: usize,
     pub heartbeat_ms: ngx_msec_t,
+    /// HTTP/2 (for the `transport` label of the open-streams gauge).
+    pub http2: bool,
 }
 
 pub struct Stream {
@@ -105,6 +109,9 @@ pub struct Stream {
     /// `sse_allow` as evaluated when the stream opened; `None`: open location.
     grants: Option<Grants>,
     state: State,
+    /// Why it ends, for the metrics; `Client` unless something else ends it.
+    end_reason: CloseReason,
+    http2: bool,
     /// Frames not yet handed to the transport.
     queue: VecDeque<Frame>,
     /// Bytes the client owes: queued, and handed over but not yet sent.
@@ -148,6 +155,8 @@ impl Stream {
             user: opening.user,
             grants: opening.grants,
             state: State::Open,
+            end_reason: CloseReason::Client,
+            http2: opening.http2,
             queue: VecDeque::new(),
             pending_bytes: 0,
             max_backlog: opening.max_backlog,
@@ -205,6 +214,9 @@ impl Stream {
             // SAFETY: the stream's own event; unposted when it retires.
             unsafe { ngx_post_event(&mut s.takeover, &raw mut ngx_posted_events) };
         }
+        metrics::count(Counter::StreamsOpened, 1);
+        metrics::gauge_add(s.transport_gauge(), 1);
+        metrics::gauge_add(Gauge::Subscriptions, s.keys.len() as i64);
         sse_debug!(
             log,
             "sse: stream {} open, {} subscription(s)",
@@ -212,6 +224,14 @@ impl Stream {
             s.keys.len()
         );
         Some(key)
+    }
+
+    fn transport_gauge(&self) -> Gauge {
+        if self.http2 {
+            Gauge::StreamsHttp2
+        } else {
+            Gauge::StreamsHttp1
+        }
     }
 
     fn log(&self) -> *mut ngx::ffi::ngx_log_t {
@@ -289,6 +309,9 @@ impl Stream {
     /// Queues a frame; no I/O happens until [`Stream::flush`].
     pub fn enqueue(&mut self, frame: Frame) {
         if self.owe(frame.len()) {
+            if matches!(frame, Frame::Shared(_)) {
+                metrics::count(Counter::EventsSent, 1);
+            }
             self.queue.push_back(frame);
         }
     }
@@ -341,6 +364,7 @@ impl Stream {
             frames.len()
         );
         if self.state == State::Open {
+            metrics::count(Counter::EventsSent, frames.len() as u64);
             for frame in frames {
                 self.pending_bytes += frame.len();
                 self.queue.push_back(frame);
@@ -361,6 +385,7 @@ impl Stream {
             State::Finished => return,
             State::Overflowed => {
                 s.log_overflow();
+                s.end_reason = CloseReason::Slow;
                 // SAFETY: live (caller's contract).
                 unsafe { Stream::finish(this, false) };
                 return;
@@ -377,6 +402,7 @@ impl Stream {
             Err(()) => true,
         };
         if broken {
+            s.end_reason = CloseReason::Error;
             // SAFETY: live (caller's contract).
             unsafe { Stream::finish(this, false) };
         }
@@ -394,6 +420,7 @@ impl Stream {
                 // SAFETY: live connection (caller's contract).
                 match unsafe { direct.write() } {
                     Written::Some(n) => {
+                        metrics::count(Counter::BytesSent, n as u64);
                         self.pending_bytes = self.pending_bytes.saturating_sub(n);
                         if !direct.is_empty() {
                             sse_debug!(
@@ -411,6 +438,7 @@ impl Stream {
             Transport::Request(writer) => {
                 // SAFETY: live request (caller's contract).
                 let (rc, sent) = unsafe { writer.write(self.queue.drain(..)) };
+                metrics::count(Counter::BytesSent, sent as u64);
                 self.pending_bytes = self.pending_bytes.saturating_sub(sent);
                 if rc == NGX_ERROR as ngx_int_t {
                     return Err(());
@@ -450,9 +478,10 @@ impl Stream {
     ///
     /// # Safety
     /// `this` must be live; it may be freed when this returns.
-    pub unsafe fn end_with(this: StreamKey, event: Frame) {
+    pub unsafe fn end_with(this: StreamKey, event: Frame, reason: CloseReason) {
         // SAFETY: the caller guarantees `this` is live.
         let s = unsafe { &mut *this.as_ptr() };
+        s.end_reason = reason;
         if s.state == State::Open {
             s.pending_bytes += event.len();
             s.queue.push_back(event);
@@ -539,6 +568,9 @@ impl Stream {
         }
         self.state = State::Finished;
         sse_debug!(self.log(), "sse: stream {} ends", self.id);
+        metrics::count(self.end_reason.counter(), 1);
+        metrics::gauge_add(self.transport_gauge(), -1);
+        metrics::gauge_add(Gauge::Subscriptions, -(self.keys.len() as i64));
         END_HOOK.with(|hook| (hook.get())(this, self.id, &self.keys));
         // SAFETY: the stream's own timer and posted event, on the worker
         // thread; deleting an unset timer or unposted event is guarded.
@@ -594,9 +626,12 @@ fn heartbeat_frame() -> Frame {
 ///
 /// # Safety
 /// Every stream must be live when listed; ending one frees at most that one.
-pub unsafe fn end_all(streams: Vec<StreamKey>) {
+pub unsafe fn end_all(streams: Vec<StreamKey>, reason: CloseReason) {
     for key in streams {
         // SAFETY: the caller's contract.
-        unsafe { Stream::end(key) };
+        unsafe {
+            (*key.as_ptr()).end_reason = reason;
+            Stream::end(key);
+        }
     }
 }

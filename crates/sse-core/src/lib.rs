@@ -10,7 +10,8 @@
 //! - [`redis_url`]: the `sse_redis_url` value;
 //! - [`registry`]: which subscriber of a worker wants which channel;
 //! - [`subscriber`]: the conversation on a worker's subscriber connection;
-//! - [`backoff`]: reconnection delays.
+//! - [`backoff`]: reconnection delays;
+//! - [`metrics`]: what the module counts, and its Prometheus exposition.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod envelope;
 pub mod frame;
 pub mod history;
+pub mod metrics;
 pub mod pattern;
 pub mod redis_url;
 pub mod registry;
