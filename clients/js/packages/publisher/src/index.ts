@@ -1,0 +1,16 @@
+// @nginx-sse/publisher: one call to send an event to nginx-sse streams (Node).
+//
+//   import { createClient } from 'redis';
+//   import { publish } from '@nginx-sse/publisher';
+//   const redis = await createClient({ url: 'redis://127.0.0.1:6379' }).connect();
+//   await publish(redis, 'logs:w1:nightly', { level: 'INFO', msg: 'loaded' });     // PUBLISH
+//   await publish(redis, 'dashboards:7', { v: 17 }, { to: ['u42', 'u43'] });        // only these users
+//   const id = await publish(redis, 'logs:w1:nightly', 'line', { history: true }); // FCALL sse_publish
+
+export { publish, createPublisher, loadFunction, sseLua } from './publish.js';
+export type { PublishOptions, Publisher, RedisCommandClient } from './publish.js';
+export { encodeData, plainPayload, fcallArgs, ENVELOPE_BYTE } from './payload.js';
+export {
+  PublishArgumentError, validateChannel, validateUserId, validatePrefix, MAX_NAME_LEN, RESERVED_PREFIX,
+} from './validate.js';
+export type { PublishArgumentField } from './validate.js';
