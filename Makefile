@@ -5,6 +5,9 @@
 #   make test             cargo test + prove t/ + the browser client's unit and
 #                         end-to-end tests (Chromium), against a real nginx and redis-server
 #   make demo             the demo on loopback (redis + nginx + publisher)
+#   make deb              target/deb/libnginx-mod-http-sse_<version>_<arch>.deb (packaging/)
+#   make deb-test         build, install, run, remove and purge that package on this
+#                         machine's nginx (root only; part of make test)
 #   make bench            benchmark against nchan (bench/README.md)
 #   make deps             apt packages a fresh Debian machine lacks
 
@@ -78,8 +81,19 @@ js-deps:
 js-test: js-deps build
 	cd $(JS_DIR) && SSE_MODULE=$(SSE_MODULE) NGINX_BIN=$(NGINX_BIN) $(NPM) test
 
+# The Debian package, in the layout of Debian's libnginx-mod-* packages; its
+# Depends carries the nginx ABI read from nginx-dev (packaging/build-deb.sh).
+# deb-test installs it on the system nginx (root only, skipped otherwise).
+.PHONY: deb deb-test
+DEB_DIR := target/deb
+deb: build
+	NGINX_SRC=$(NGINX_SRC) bash packaging/build-deb.sh $(MODULE) $(DEB_DIR)
+
+deb-test:
+	bash packaging/test-deb.sh
+
 # The README's test command: everything, from a fresh machine.
-test: deps unit prove js-test
+test: deps unit prove deb-test js-test
 
 test-vendored: build-vendored
 	NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so prove -j2 -r t/
