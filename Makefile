@@ -28,13 +28,13 @@ DEBIAN_LD_OPT := -Wl,-z,relro -Wl,-z,now -fPIC
 MODULE := target/release/libngx_http_sse_module.so
 VENDORED_TARGET := $(CURDIR)/target/vendored
 
-APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3 chromium iproute2 prometheus
+APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3 python3-venv chromium iproute2 prometheus
 NPM ?= npm
 JS_DIR := clients/js
 
 SSE_MODULE ?= $(CURDIR)/$(MODULE)
 
-.PHONY: build build-vendored test test-vendored unit prove js-deps js-test lint demo deps clean-nginx-tree bench
+.PHONY: build build-vendored test test-vendored unit prove py-test js-deps js-test lint demo deps clean-nginx-tree bench
 
 build: $(DEBIAN_OBJS)/ngx_auto_config.h
 	NGINX_BUILD_DIR=$(DEBIAN_OBJS) $(CARGO) build --release
@@ -92,8 +92,13 @@ deb: build
 deb-test:
 	bash packaging/test-deb.sh
 
+# The Python publisher (clients/python): a virtualenv with redis-py and
+# pytest, unit tests and end-to-end tests against nginx + module + redis.
+py-test: build
+	SSE_MODULE=$(SSE_MODULE) NGINX_BIN=$(NGINX_BIN) bash clients/python/test.sh
+
 # The README's test command: everything, from a fresh machine.
-test: deps unit prove deb-test js-test
+test: deps unit prove deb-test py-test js-test
 
 test-vendored: build-vendored
 	NGINX_BIN=$(VENDORED_TARGET)/nginx SSE_MODULE=$(VENDORED_TARGET)/release/libngx_http_sse_module.so prove -j2 -r t/
