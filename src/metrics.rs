@@ -14,7 +14,10 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
 use std::ptr::{self, addr_of};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI64, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
@@ -135,16 +138,17 @@ pub fn claim(zone: *mut ngx_shm_zone_t) {
     let me = i64::from(unsafe { ngx_pid });
     for slot in &shared.slots {
         let pid = slot.pid.load(Relaxed);
-        if pid != 0
-            && pid != me
-            && !alive(pid)
-            && slot.pid.compare_exchange(pid, -1, Relaxed, Relaxed).is_ok()
-        {
+        // A slot still naming this very pid is stale too: this process has
+        // not claimed anything yet (the pid of a dead worker was reused).
+        let stale = pid > 0 && (pid == me || !alive(pid));
+        if stale && slot.pid.compare_exchange(pid, -1, Acquire, Relaxed).is_ok() {
             retire(shared, slot);
         }
     }
     for slot in &shared.slots {
-        if slot.pid.compare_exchange(0, me, Relaxed, Relaxed).is_ok() {
+        // Acquire: the previous owner's clearing (Release below) is seen
+        // before this worker counts into the slot.
+        if slot.pid.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
             SLOT.with(|s| s.set(slot));
             return;
         }
@@ -161,13 +165,17 @@ pub fn release(zone: *mut ngx_shm_zone_t) {
 }
 
 fn retire(shared: &Shared, slot: &Slot) {
+    // Added to the totals before the slot is cleared: a scrape in between
+    // counts it twice for an instant rather than see a counter go down.
     for (total, counter) in shared.retired.iter().zip(&slot.counters) {
-        total.fetch_add(counter.swap(0, Relaxed), Relaxed);
+        let value = counter.load(Relaxed);
+        total.fetch_add(value, Relaxed);
+        counter.fetch_sub(value, Relaxed);
     }
     for gauge in &slot.gauges {
         gauge.store(0, Relaxed);
     }
-    slot.pid.store(0, Relaxed);
+    slot.pid.store(0, Release);
 }
 
 fn alive(pid: i64) -> bool {

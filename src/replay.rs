@@ -22,6 +22,8 @@ use sse_core::frame;
 use sse_core::history::{self, ChannelHistory, Plan, Resume};
 use sse_core::resp::Value;
 
+use std::collections::HashSet;
+
 use crate::frame::Frame;
 use crate::metrics;
 use sse_core::metrics::Counter;
@@ -276,9 +278,17 @@ impl Replay {
             }
         }
 
+        if matches!(self.resume, Resume::After(since) if since > seq) {
+            // Redis' sequence is behind this stream's position (Redis lost
+            // its data, or the id came from elsewhere): the gap said so, and
+            // what comes next is numbered from Redis' position on.
+            self.last_id = seq;
+            self.floor = seq;
+        }
         // Events are in id order; ids up to the newest are settled for this
         // stream whether it may see them or not.
         let sent_before = self.last_id;
+        let planned: HashSet<u64> = events.iter().map(|(_, e)| e.id).collect();
         if let Some((_, newest)) = events.last() {
             self.last_id = self.last_id.max(newest.id);
         }
@@ -312,13 +322,11 @@ impl Replay {
             self.completed = true;
         }
 
-        let mut out = Vec::with_capacity(events.len() + self.held.len() + 1);
-        if !gaps.is_empty() {
-            let names: Vec<&[u8]> = gaps.iter().map(|&i| &*self.channels[i]).collect();
-            scratch.clear();
-            frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
-            out.push(Frame::Shared(scratch.as_slice().into()));
-        }
+        // The replay, merged in id order with the live events held
+        // meanwhile that it does not contain (events of pattern
+        // subscriptions have no history: they are only live); held events
+        // without an id (plain publishes) come last.
+        let mut with_id: Vec<(u64, Frame)> = Vec::with_capacity(events.len() + self.held.len());
         for (i, entry) in events {
             scratch.clear();
             let id = entry.id.to_string();
@@ -328,13 +336,29 @@ impl Replay {
                 Some(id.as_bytes()),
                 entry.data,
             );
-            out.push(Frame::Shared(scratch.as_slice().into()));
+            with_id.push((entry.id, Frame::Shared(scratch.as_slice().into())));
         }
+        let mut without_id = Vec::new();
         for (id, frame) in std::mem::take(&mut self.held) {
-            if self.accept_live(id) {
-                out.push(frame);
+            match id {
+                Some(id) if id <= sent_before || planned.contains(&id) => {}
+                Some(id) => {
+                    self.last_id = self.last_id.max(id);
+                    with_id.push((id, frame));
+                }
+                None => without_id.push(frame),
             }
         }
+        with_id.sort_by_key(|(id, _)| *id);
+        let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 1);
+        if !gaps.is_empty() {
+            let names: Vec<&[u8]> = gaps.iter().map(|&i| &*self.channels[i]).collect();
+            scratch.clear();
+            frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
+            out.push(Frame::Shared(scratch.as_slice().into()));
+        }
+        out.extend(with_id.into_iter().map(|(_, frame)| frame));
+        out.extend(without_id);
         match self.resume {
             Resume::After(since) => self.last_id = self.last_id.max(since.min(seq)),
             Resume::Fresh | Resume::Malformed => self.floor = self.floor.max(seq),

@@ -198,12 +198,16 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
             unsafe { Stream::end_with(key, event, CloseReason::Refused) };
         }
     }
-    let revoked: Vec<StreamKey> = revoked.into_iter().filter_map(registered).collect();
     if !revoked.is_empty() {
         log_revocation(&revoked);
-        // SAFETY: the streams are registered (live), each listed once (ids
-        // are unique in the worker's map).
-        unsafe { stream::end_all(revoked, CloseReason::Revoked) };
+    }
+    // An id may be listed more than once (two revocations of one user in
+    // one read): each is looked up just before it is ended.
+    for id in revoked {
+        if let Some(key) = registered(id) {
+            // SAFETY: a registered stream is live; ending it frees only it.
+            unsafe { stream::end_all(vec![key], CloseReason::Revoked) };
+        }
     }
 }
 
@@ -212,10 +216,14 @@ fn registered(id: u64) -> Option<StreamKey> {
     with(|w| w.streams.get(&id).copied()).flatten()
 }
 
-fn log_revocation(revoked: &[StreamKey]) {
-    let mut users: Vec<String> = revoked
+fn log_revocation(revoked: &[u64]) {
+    let mut ids = revoked.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut users: Vec<String> = ids
         .iter()
-        .filter_map(|&k| {
+        .filter_map(|&id| registered(id))
+        .filter_map(|k| {
             stream_mut(k)
                 .user()
                 .map(|u| String::from_utf8_lossy(u).into_owned())
@@ -227,7 +235,7 @@ fn log_revocation(revoked: &[StreamKey]) {
         NGX_LOG_INFO,
         cycle_log(),
         "sse: revocation: ending {} stream(s) of user(s) {}",
-        revoked.len(),
+        ids.len(),
         users.join(", ")
     );
 }
@@ -326,6 +334,13 @@ fn flush_all(mut batch: Vec<StreamKey>) {
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: see above.
     let cycle = unsafe { &*cycle };
+    // nginx's cache manager and loader run init_process too (and exit
+    // without exit_process): they serve no stream.
+    // SAFETY: ngx_process is set before modules' init_process runs.
+    let process = unsafe { ngx::ffi::ngx_process } as u32;
+    if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
+        return NGX_OK as ngx_int_t;
+    }
     let Some(main) = SseModule::main_conf(cycle) else {
         return NGX_OK as ngx_int_t;
     };

@@ -36,6 +36,10 @@ enum Pending {
     Internal,
     /// The greeting's PING: its answer makes the connection up.
     Ready,
+    /// A command queued in a MULTI ("+QUEUED"). Refused (an ACL without
+    /// the history keys), it makes the EXEC answer EXECABORT, which the
+    /// request gets: its read fails (a gap), the connection stays.
+    Queued,
     /// FUNCTION LOAD of redis/sse.lua.
     FunctionLoad,
     Request(Request),
@@ -118,6 +122,14 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
                     self.function_error = msg.to_vec();
                 }
             }
+            (Some(Pending::Queued), Value::Error(msg)) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: redis refused a history read (\"{}\"); the stream gets sse-gap",
+                    String::from_utf8_lossy(msg)
+                );
+            }
             (Some(Pending::Internal | Pending::Ready), Value::Error(msg)) => {
                 return Err(format!("answered \"{}\"", String::from_utf8_lossy(msg)));
             }
@@ -148,8 +160,7 @@ impl Connection<Commands> {
         pending.push_back(Pending::Internal);
         for args in commands {
             resp::encode_command(&mut self.wbuf, args);
-            // "+QUEUED"
-            pending.push_back(Pending::Internal);
+            pending.push_back(Pending::Queued);
         }
         resp::encode_command(&mut self.wbuf, &[b"EXEC"]);
         pending.push_back(Pending::Request(request));

@@ -349,14 +349,12 @@ impl Stream {
     ) -> Option<String> {
         let replay = self.replay.as_mut()?;
         let held: usize = replay.held_frames().map(Frame::len).sum();
+        // What the client already owes (held events included) leaves that
+        // much less room for the replay under sse_max_backlog.
+        let budget = self.max_backlog.saturating_sub(self.pending_bytes);
         self.pending_bytes = self.pending_bytes.saturating_sub(held);
-        let (frames, problem) = replay.complete(
-            value,
-            self.user.as_deref(),
-            scratch,
-            self.max_backlog,
-            max_message,
-        );
+        let (frames, problem) =
+            replay.complete(value, self.user.as_deref(), scratch, budget, max_message);
         sse_debug!(
             self.log(),
             "sse: stream {} replay done, {} frame(s)",
