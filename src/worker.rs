@@ -354,7 +354,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         Connection::new(
             target,
             Role::Commands,
-            Commands::new(Some(PUBLISH_FUNCTION)),
+            Commands::new(Some(PUBLISH_FUNCTION), target.url.db),
         )
     });
     let shutdown_watch = new_shutdown_watch(cycle);

@@ -3,7 +3,8 @@
 # (the sequence went back) gets sse-gap and then the new events, not
 # silence; a history read Redis refuses (an ACL without the history keys)
 # ends in sse-gap without a reconnect loop; nginx's cache manager does not
-# open Redis connections or count as a worker.
+# open Redis connections or count as a worker; `/db` selects the database
+# of the history keys.
 use strict;
 use warnings;
 use FindBin;
@@ -79,6 +80,23 @@ subtest 'a history read Redis refuses: sse-gap, no reconnect loop' => sub {
     my $after = redis_info($rp)->{total_connections_received};
     cmp_ok $after - $before, '<=', 3, 'no reconnect loop (' . ($after - $before) . ' new connections in 2 s)';
     like $nginx->error_log, qr/refused a history read/, 'the refusal is logged';
+};
+
+subtest 'the /db of sse_redis_url holds the history' => sub {
+    my $redis = start_redis();
+    my $rp    = $redis->port;
+    my $nginx = start_nginx(redis_url => "redis://127.0.0.1:$rp/3", workers => 1, server => q{
+        location /h { sse_channel $arg_ch; sse_history on; }
+    });
+    load_sse_function($rp);
+    my $conn = redis_connect($rp);
+    is $conn->cmd(SELECT => 3), 'OK', 'a publisher on db 3';
+    my @ids = map { $conn->cmd(FCALL => sse_publish => 0, 'db:1', "e$_") } 1 .. 3;
+    is $conn->cmd(EXISTS => 'sse:h:db:1'), 1, 'the history is in db 3';
+    my $c = sse_connect($nginx->port, '/h?ch=db:1', headers => { 'Last-Event-ID' => $ids[0] });
+    is $c->status, 200, 'a stream resuming after the first';
+    ok $c->wait_for(sub { $_[0]->pending_events >= 2 }, 5), 'it gets the two later events';
+    is join(',', map { $_->{data} } $c->all_events), 'e2,e3', 'from db 3, without a gap';
 };
 
 subtest "nginx's cache manager is not a worker" => sub {

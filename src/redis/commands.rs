@@ -50,6 +50,8 @@ pub struct Commands {
     pending: VecDeque<Pending>,
     /// The function library to load on connect.
     function: Option<&'static str>,
+    /// The database of the history keys (`/db` of `sse_redis_url`).
+    db: u32,
     /// Requests whose connection broke before their reply, for the worker
     /// to send again.
     lost: Vec<Request>,
@@ -58,10 +60,11 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(function: Option<&'static str>) -> Self {
+    pub fn new(function: Option<&'static str>, db: u32) -> Self {
         Commands {
             pending: VecDeque::new(),
             function,
+            db,
             lost: Vec::new(),
             function_error: Vec::new(),
         }
@@ -95,6 +98,10 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
             let mut command: Vec<&[u8]> = vec![b"AUTH"];
             command.extend(args.iter().map(Vec::as_slice));
             resp::encode_command(out, &command);
+            self.pending.push_back(Pending::Internal);
+        }
+        if self.db != 0 {
+            resp::encode_command(out, &[&b"SELECT"[..], self.db.to_string().as_bytes()]);
             self.pending.push_back(Pending::Internal);
         }
         if let Some(code) = self.function {

@@ -139,8 +139,12 @@ unsafe extern "C" fn direct_read_handler(ev: *mut ngx_event_t) {
     let Transport::Direct(direct) = (unsafe { &mut (*key.as_ptr()).transport }) else {
         return;
     };
-    // SAFETY: the live connection of a direct stream.
-    let (gone, ending) = (unsafe { direct.client_gone() }, direct.ending);
+    // SAFETY: the live connection of a direct stream. nginx sets `close`
+    // when it must close the connection (worker_shutdown_timeout).
+    let (gone, ending) = (
+        unsafe { (*direct.c).close() != 0 || direct.client_gone() },
+        direct.ending,
+    );
     if gone && ending {
         // Gone while its clean end was being written: nothing to finish.
         // SAFETY: a live, retired direct stream.
