@@ -28,7 +28,7 @@ DEBIAN_LD_OPT := -Wl,-z,relro -Wl,-z,now -fPIC
 MODULE := target/release/libngx_http_sse_module.so
 VENDORED_TARGET := $(CURDIR)/target/vendored
 
-APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3 python3-venv chromium iproute2 prometheus
+APT_PACKAGES := nginx-core nginx-dev libclang-dev redis-server make gcc perl curl python3 python3-venv chromium iproute2 prometheus dpkg-dev
 NPM ?= npm
 JS_DIR := clients/js
 
