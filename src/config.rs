@@ -19,6 +19,9 @@
 //! | `sse_redis_prefix` | http                    | [`MainConf::prefix`]    |
 //! | `sse_max_message_size` | http                | [`MainConf::max_message`] |
 //! | `sse_metrics`      | location                | (the location's handler) |
+//! | `sse_session`      | http, server, location  | [`LocConf::session`]    |
+//! | `sse_subscribe`    | location                | (the location's handler) |
+//! | `sse_subscribe_timeout` | http, server, location | [`LocConf::subscribe_timeout`] |
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -51,6 +54,8 @@ pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
 pub const DEFAULT_RETRY_MS: ngx_msec_t = 3_000;
 pub const DEFAULT_MAX_BACKLOG: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CHANNELS: ngx_int_t = 32;
+/// How long a forwarded live change waits for the stream's worker.
+pub const DEFAULT_SUBSCRIBE_TIMEOUT_MS: ngx_msec_t = 5_000;
 /// Messages larger than this are skipped (`sse_max_message_size`).
 pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 /// Upper bound of `sse_max_channels`: a connection is one fan-out entry per
@@ -74,6 +79,10 @@ pub struct MainConf {
     /// Whether any SSE location keeps history: then workers also open a
     /// commands connection (and load the `sse_publish` function).
     pub history_used: bool,
+    /// Whether live channel changes are used (`sse_session on` on an SSE
+    /// location, or an `sse_subscribe` location): then workers subscribe
+    /// to their node channel and open a commands connection.
+    pub sessions_used: bool,
     /// `sse_redis_prefix`: the prefix of every Redis key of the history.
     pub prefix: Option<String>,
     /// `sse_max_message_size` (nginx's size slot, hence the UNSET marker
@@ -89,6 +98,7 @@ impl Default for MainConf {
             redis: None,
             used: false,
             history_used: false,
+            sessions_used: false,
             prefix: None,
             max_message: UNSET_SIZE,
             metrics_zone: ptr::null_mut(),
@@ -132,6 +142,11 @@ pub struct LocConf {
     pub history: ngx_flag_t,
     /// `sse_history_start`: 0 is `newest`, N the last N messages.
     pub history_start: ngx_int_t,
+    /// `sse_session`: streams can be changed live.
+    pub session: ngx_flag_t,
+    /// `sse_subscribe`: this location changes streams.
+    pub subscribe: bool,
+    pub subscribe_timeout: ngx_msec_t,
 }
 
 impl Default for LocConf {
@@ -150,6 +165,9 @@ impl Default for LocConf {
             refused: UNSET_UINT,
             history: UNSET_FLAG,
             history_start: UNSET_NUM,
+            session: UNSET_FLAG,
+            subscribe: false,
+            subscribe_timeout: UNSET_MSEC,
         }
     }
 }
@@ -181,6 +199,13 @@ impl Merge for LocConf {
         merge(&mut self.history, prev.history, UNSET_FLAG, 0);
         merge(&mut self.history_start, prev.history_start, UNSET_NUM, 0);
         merge(&mut self.refused, prev.refused, UNSET_UINT, REFUSED_DENY);
+        merge(&mut self.session, prev.session, UNSET_FLAG, 0);
+        merge(
+            &mut self.subscribe_timeout,
+            prev.subscribe_timeout,
+            UNSET_MSEC,
+            DEFAULT_SUBSCRIBE_TIMEOUT_MS,
+        );
         if self.allow.is_none() {
             self.allow = prev.allow.clone();
         }
@@ -220,7 +245,7 @@ static mut REFUSED_MODES: [ngx_conf_enum_t; 3] = [
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 16] = [
+pub static mut COMMANDS: [ngx_command_t; 19] = [
     ngx_command_t {
         name: ngx_string!("sse_redis_url"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -336,6 +361,30 @@ pub static mut COMMANDS: [ngx_command_t; 16] = [
         post: ptr::null_mut(),
     },
     ngx_command_t {
+        name: ngx_string!("sse_session"),
+        type_: (ANY_LEVEL | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, session),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_subscribe"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(set_subscribe),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("sse_subscribe_timeout"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_msec_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(LocConf, subscribe_timeout),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
         name: ngx_string!("sse_metrics"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
         set: Some(set_metrics),
@@ -355,6 +404,30 @@ extern "C" fn set_metrics(
     // SAFETY: `cf` is the configuration being parsed, in a location block.
     if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
         clcf.handler = Some(crate::http::exposition::handler);
+    }
+    ptr::null_mut()
+}
+
+/// `sse_subscribe;` — the location takes live channel changes.
+extern "C" fn set_subscribe(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if lcf.subscribe {
+        return ConfError::Duplicate.report(cf);
+    }
+    lcf.subscribe = true;
+    // SAFETY: `cf` is the configuration being parsed, in a location block.
+    let cf_ref = unsafe { &*cf };
+    if let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) {
+        clcf.handler = Some(crate::http::control::handler);
+    }
+    if let Some(main) = crate::SseModule::main_conf_mut(cf_ref) {
+        main.used = true;
+        main.sessions_used = true;
     }
     ptr::null_mut()
 }
@@ -740,10 +813,20 @@ pub unsafe extern "C" fn merge_loc_conf(
     if lcf.merge(prev).is_err() {
         return NGX_CONF_ERROR as *mut c_char;
     }
-    if lcf.history == 1 && !lcf.channels.is_empty() {
+    if lcf.subscribe && !lcf.channels.is_empty() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"sse_subscribe\" and \"sse_channel\" cannot share location {}: a stream and its change requests need two locations",
+            lcf.location
+        );
+        return NGX_CONF_ERROR as *mut c_char;
+    }
+    if !lcf.channels.is_empty() {
         // SAFETY: `cf` is the configuration being merged.
         if let Some(main) = crate::SseModule::main_conf_mut(unsafe { &*cf }) {
-            main.history_used = true;
+            main.history_used |= lcf.history == 1;
+            main.sessions_used |= lcf.session == 1;
         }
     }
     if lcf.allow.is_none() {
@@ -775,5 +858,13 @@ impl LocConf {
             patterns: self.patterns == 1,
         };
         channel::parse_channel_list(values, rules)
+    }
+
+    /// The channel rules of this location (live changes follow them too).
+    pub fn rules(&self) -> channel::ListRules {
+        channel::ListRules {
+            max: usize::try_from(self.max_channels).unwrap_or(1),
+            patterns: self.patterns == 1,
+        }
     }
 }

@@ -17,6 +17,7 @@ use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
 use sse_core::frame;
 use sse_core::registry::Registry;
 use sse_core::resp::Value;
+use sse_core::session::{self, Answer, Change, NodeMessage};
 
 use crate::frame::{Frame, REFUSED_EVENT};
 use crate::metrics;
@@ -39,6 +40,13 @@ pub struct Effects {
     /// Streams (by id) to end because Redis refused one of their
     /// subscriptions, with the `sse-refused` event that tells them which.
     pub refused: Vec<(u64, Frame)>,
+    /// Live changes that other workers forwarded, to apply and answer.
+    pub changes: Vec<Change>,
+    /// Owners' answers to changes this worker forwarded.
+    pub answers: Vec<Answer>,
+    /// Receiver counts of this worker's forwarded changes (`None`: Redis
+    /// refused the PUBLISH).
+    pub published: Vec<(u64, Option<i64>)>,
 }
 
 /// The worker as its Redis connections see it while they handle an event.
@@ -56,6 +64,8 @@ pub struct Fanout<'a> {
     pub prefix: &'a [u8],
     /// `sse_max_message_size`.
     pub max_message: usize,
+    /// This worker's node channel (live changes).
+    pub node_channel: &'a [u8],
 }
 
 /// A registered stream. Registered streams are live, and nothing here runs
@@ -104,6 +114,24 @@ impl Fanout<'_> {
     }
 }
 
+impl Fanout<'_> {
+    /// A change forwarded to this worker, or an answer to one it forwarded.
+    fn node_message(&mut self, payload: &[u8]) {
+        match session::parse_node_message(payload) {
+            Ok(NodeMessage::Change(change)) => self.effects.changes.push(change),
+            Ok(NodeMessage::Answer(answer)) => self.effects.answers.push(answer),
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: skipped a message on this worker's node channel: {}",
+                    e
+                );
+            }
+        }
+    }
+}
+
 impl SubscriberSink for Fanout<'_> {
     fn message(&mut self, key: &[u8], channel: &[u8], payload: &[u8]) {
         if channel::is_reserved(channel) {
@@ -112,6 +140,8 @@ impl SubscriberSink for Fanout<'_> {
             // own subscription counts, so each control message acts once.
             if key == CONTROL_CHANNEL.as_bytes() {
                 self.control(payload);
+            } else if key == self.node_channel {
+                self.node_message(payload);
             }
             return;
         }
@@ -246,6 +276,10 @@ impl CommandsSink for Fanout<'_> {
                 self.effects.fetch.push(id);
             }
         }
+    }
+
+    fn published(&mut self, tag: u64, receivers: Option<i64>) {
+        self.effects.published.push((tag, receivers));
     }
 
     fn reply(&mut self, request: Request, value: &Value<'_>) {

@@ -92,3 +92,29 @@ pub fn cycle_log() -> *mut ngx_log_t {
     // on the worker's (single) thread.
     unsafe { (*ngx_cycle).log }
 }
+
+/// `N` bytes from the kernel's CSPRNG (`getrandom(2)`, which blocks only
+/// before the pool is first seeded, long before nginx starts); `None` if
+/// the call fails.
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: the pointer and length describe the unfilled part of `out`.
+        let n = unsafe {
+            libc::getrandom(
+                out[filled..].as_mut_ptr() as *mut libc::c_void,
+                N - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return None;
+        }
+        filled += n as usize;
+    }
+    Some(out)
+}

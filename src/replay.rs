@@ -19,7 +19,7 @@
 //! id order and drops any id it already sent.
 
 use sse_core::frame;
-use sse_core::history::{self, ChannelHistory, Plan, Resume};
+use sse_core::history::{self, ChannelHistory, Resume};
 use sse_core::resp::Value;
 
 use std::collections::HashSet;
@@ -53,7 +53,13 @@ pub enum Phase {
 }
 
 pub struct Replay {
-    resume: Resume,
+    /// Where the next read of the stream's channels starts: the client's
+    /// resume, or the catch-up after the worker lost Redis. `None`: the
+    /// channels are up to date (only `added` ones need reading).
+    resume: Option<Resume>,
+    /// Channels added by a live change, each from its own start, until
+    /// their read is done.
+    added: Vec<(Box<[u8]>, Resume)>,
     /// `sse_history_start`: last N per channel for a fresh subscriber.
     start_last: usize,
     /// Highest id sent to the client.
@@ -67,6 +73,9 @@ pub struct Replay {
     held: Vec<(Option<u64>, Frame)>,
     /// What each read of the transaction is, in order.
     kinds: Vec<RequestKind>,
+    /// The channels of the read in flight and where each starts
+    /// (`RequestKind` indices point here).
+    reading: Vec<(Box<[u8]>, Resume)>,
     /// The stream's concrete channels (patterns have no history).
     channels: Vec<Box<[u8]>>,
     /// The first replay (the client's resume) is done.
@@ -85,7 +94,8 @@ struct Reads<'a> {
 impl Replay {
     pub fn new(resume: Resume, start_last: usize, channels: Vec<Box<[u8]>>) -> Self {
         Replay {
-            resume,
+            resume: Some(resume),
+            added: Vec::new(),
             start_last,
             last_id: 0,
             floor: 0,
@@ -94,26 +104,51 @@ impl Replay {
             generation: 0,
             held: Vec::new(),
             kinds: Vec::new(),
+            reading: Vec::new(),
             channels,
             completed: false,
         }
-    }
-
-    pub fn resume(&self) -> Resume {
-        self.resume
     }
 
     pub fn is_live(&self) -> bool {
         self.phase == Phase::Live
     }
 
-    /// The worker lost and regained the subscription: read what was missed.
+    /// The worker lost and regained the subscription: read what was missed
+    /// on every channel (a replay under way keeps its own start).
     pub fn restart(&mut self, token: u64) {
-        if self.phase == Phase::Live {
-            self.resume = Resume::After(self.last_id.max(self.floor));
-        }
+        let position = self.last_id.max(self.floor);
+        self.resume.get_or_insert(Resume::After(position));
+        self.catch_up(token);
+    }
+
+    /// Reads again once Redis has processed everything sent before the
+    /// barrier `token` (subscriptions included); a read in flight is
+    /// abandoned. Events are held meanwhile.
+    pub fn catch_up(&mut self, token: u64) {
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::AwaitingBarrier(token);
+    }
+
+    /// The stream's channels changed (a live change): `channels` are its
+    /// concrete channels now; `added`, those to read from their own start
+    /// before they go live. Returns whether a read is needed (then the
+    /// caller sends a barrier and calls [`Replay::catch_up`]).
+    pub fn change(&mut self, channels: Vec<Box<[u8]>>, added: Vec<(Box<[u8]>, Resume)>) -> bool {
+        self.added.retain(|(c, _)| channels.contains(c));
+        for (channel, start) in added {
+            match start {
+                Resume::Fresh if self.start_last == 0 => {}
+                _ => {
+                    self.added.retain(|(c, _)| *c != channel);
+                    self.added.push((channel, start));
+                }
+            }
+        }
+        self.channels = channels;
+        // A read in flight lists the old channels: it is abandoned and sent
+        // again, so it must wait for the new barrier as well.
+        !self.added.is_empty() || !self.is_live()
     }
 
     /// Back to the queue (the commands connection broke mid-read).
@@ -133,14 +168,23 @@ impl Replay {
         reads.into_iter().map(|(_, args)| args).collect()
     }
 
-    fn reads(&self, prefix: &str) -> Vec<(RequestKind, Vec<Vec<u8>>)> {
+    fn reads(&mut self, prefix: &str) -> Vec<(RequestKind, Vec<Vec<u8>>)> {
+        self.reading = self
+            .channels
+            .iter()
+            .filter_map(|channel| {
+                let own = self.added.iter().find(|(c, _)| c == channel);
+                let start = own.map(|(_, start)| *start).or(self.resume)?;
+                Some((channel.clone(), start))
+            })
+            .collect();
         let mut out = vec![(
             RequestKind::Seq,
             vec![b"GET".to_vec(), format!("{prefix}:seq").into_bytes()],
         )];
-        for (i, channel) in self.channels.iter().enumerate() {
+        for (i, (channel, start)) in self.reading.iter().enumerate() {
             let key = [format!("{prefix}:h:").as_bytes(), channel].concat();
-            match self.resume {
+            match *start {
                 Resume::After(since) => {
                     out.push((
                         RequestKind::Range(i),
@@ -184,7 +228,7 @@ impl Replay {
     /// Reads the transaction's reply (EXEC: one reply per read, in order).
     /// What cannot be read makes its channel count as a gap.
     fn read<'a>(&self, value: &Value<'a>) -> Reads<'a> {
-        let n = self.channels.len();
+        let n = self.reading.len();
         let mut reads = Reads {
             seq: 0,
             results: vec![ChannelHistory::default(); n],
@@ -261,32 +305,38 @@ impl Replay {
             failed,
             problem,
         } = self.read(value);
-        let (plan, gaps_everywhere) = match self.resume {
-            Resume::After(since) => (history::plan_resume(since, seq, results), false),
-            Resume::Fresh => (history::plan_fresh(seq, self.start_last, results), false),
-            Resume::Malformed => (history::plan_fresh(seq, self.start_last, results), true),
-        };
-        let Plan {
-            mut gaps, events, ..
-        } = plan;
-        if gaps_everywhere {
-            gaps = (0..self.channels.len()).collect();
-        }
-        for (i, failed) in failed.iter().enumerate() {
-            if *failed && !gaps.contains(&i) {
+        let reading = std::mem::take(&mut self.reading);
+        let stream_start = self.resume.take();
+        // A change that came after this read was sent abandoned it (new
+        // generation): what was being added is what this reply holds.
+        self.added.clear();
+
+        let mut gaps = Vec::new();
+        let mut events = Vec::new();
+        for (i, (history, (_, start))) in results.into_iter().zip(&reading).enumerate() {
+            let plan = match *start {
+                Resume::After(since) => history::plan_resume(since, seq, vec![history]),
+                Resume::Fresh | Resume::Malformed => {
+                    history::plan_fresh(seq, self.start_last, vec![history])
+                }
+            };
+            if !plan.gaps.is_empty() || *start == Resume::Malformed || failed[i] {
                 gaps.push(i);
             }
+            events.extend(plan.events.into_iter().map(|(_, e)| (i, e)));
         }
+        events.sort_by_key(|(_, e)| e.id);
 
-        if matches!(self.resume, Resume::After(since) if since > seq) {
+        if matches!(stream_start, Some(Resume::After(since)) if since > seq) {
             // Redis' sequence is behind this stream's position (Redis lost
             // its data, or the id came from elsewhere): the gap said so, and
             // what comes next is numbered from Redis' position on.
             self.last_id = seq;
             self.floor = seq;
         }
-        // Events are in id order; ids up to the newest are settled for this
-        // stream whether it may see them or not.
+        // What the browser holds as its last id. Channels read from the
+        // stream's position only hold newer ids; a channel added with an
+        // older `last_event_id` may replay older ones, which it never had.
         let sent_before = self.last_id;
         let planned: HashSet<u64> = events.iter().map(|(_, e)| e.id).collect();
         if let Some((_, newest)) = events.last() {
@@ -294,12 +344,11 @@ impl Replay {
         }
         let events: Vec<_> = events
             .into_iter()
-            .filter(|(_, e)| e.id > sent_before && e.data.len() <= max_message && e.admits(user))
+            .filter(|(_, e)| e.data.len() <= max_message && e.admits(user))
             .collect();
-        let channels = &self.channels;
         let (events, cut) = history::newest_within(events, budget, |i, e| {
             // What the frame takes on the wire, near enough.
-            e.data.len() + channels[i].len() + 32
+            e.data.len() + reading[i].0.len() + 32
         });
         for i in cut {
             if !gaps.contains(&i) {
@@ -310,11 +359,11 @@ impl Replay {
         metrics::count(Counter::EventsReplayed, events.len() as u64);
         if !self.completed {
             // A client's resume (catch-ups after a Redis loss are not).
-            let outcome = match self.resume {
-                Resume::Fresh => None,
-                Resume::Malformed => Some(Counter::ResumeInvalid),
-                Resume::After(_) if gaps.is_empty() => Some(Counter::ResumeReplayed),
-                Resume::After(_) => Some(Counter::ResumeGap),
+            let outcome = match stream_start {
+                None | Some(Resume::Fresh) => None,
+                Some(Resume::Malformed) => Some(Counter::ResumeInvalid),
+                Some(Resume::After(_)) if gaps.is_empty() => Some(Counter::ResumeReplayed),
+                Some(Resume::After(_)) => Some(Counter::ResumeGap),
             };
             if let Some(outcome) = outcome {
                 metrics::count(outcome, 1);
@@ -332,7 +381,7 @@ impl Replay {
             let id = entry.id.to_string();
             frame::encode_event(
                 scratch,
-                Some(&self.channels[i]),
+                Some(&reading[i].0),
                 Some(id.as_bytes()),
                 entry.data,
             );
@@ -350,18 +399,28 @@ impl Replay {
             }
         }
         with_id.sort_by_key(|(id, _)| *id);
-        let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 1);
+        let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 2);
         if !gaps.is_empty() {
-            let names: Vec<&[u8]> = gaps.iter().map(|&i| &*self.channels[i]).collect();
+            let names: Vec<&[u8]> = gaps.iter().map(|&i| &*reading[i].0).collect();
             scratch.clear();
             frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
             out.push(Frame::Shared(scratch.as_slice().into()));
         }
+        // Only older ids were sent (an added channel's past): put the
+        // browser's last id back where it was, with an id-only block (it
+        // dispatches no event), so a reconnect resumes from there.
+        let restore = with_id.last().is_some_and(|(id, _)| *id < sent_before);
         out.extend(with_id.into_iter().map(|(_, frame)| frame));
+        if restore {
+            out.push(Frame::Shared(
+                format!("id: {sent_before}\n\n").into_bytes().into(),
+            ));
+        }
         out.extend(without_id);
-        match self.resume {
-            Resume::After(since) => self.last_id = self.last_id.max(since.min(seq)),
-            Resume::Fresh | Resume::Malformed => self.floor = self.floor.max(seq),
+        match stream_start {
+            Some(Resume::After(since)) => self.last_id = self.last_id.max(since.min(seq)),
+            Some(Resume::Fresh | Resume::Malformed) => self.floor = self.floor.max(seq),
+            None => {}
         }
         self.phase = Phase::Live;
         (out, problem)

@@ -20,18 +20,26 @@ use std::collections::HashMap;
 use std::mem;
 use std::ptr;
 
+use std::ffi::c_void;
+
 use ngx::ffi::{
-    ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_http_run_posted_requests, ngx_int_t, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
+    ngx_add_timer, ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t,
+    ngx_get_connection, ngx_http_cleanup_add, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_int_t, ngx_msec_t, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
+use sse_core::frame as wire;
+use sse_core::history::Resume;
 use sse_core::metrics::{CloseReason, Gauge};
+use sse_core::pattern::Pattern;
 use sse_core::registry::Registry;
+use sse_core::session::{self, Answer, Change, ChangeError, CHANNELS_EVENT};
 
 use crate::fanout::{Effects, Fanout};
+use crate::frame::Frame;
 use crate::metrics;
-use crate::ngx_ext::cycle_log;
+use crate::ngx_ext::{cycle_log, random_bytes};
 use crate::redis::{self, Commands, Connection, RedisEvent, Request, Role, Subscriber};
 use crate::replay::Phase;
 use crate::stream::{self, Stream, StreamKey};
@@ -64,11 +72,40 @@ struct Worker {
     dirty: Vec<StreamKey>,
     /// Reused buffer in which each message is formatted once.
     scratch: Vec<u8>,
+    /// This worker's id in session tokens: random per process, so that it
+    /// is unique across the workers of every nginx on the same Redis.
+    node: u64,
+    /// Its reserved channel (`sse:node:<node>`), subscribed if some
+    /// location uses live changes.
+    node_channel: Vec<u8>,
+    /// Change requests forwarded to another worker, waiting for its answer.
+    waiting: HashMap<u64, Box<Waiting>>,
+    next_change: u64,
     /// An idle pseudo-connection whose only purpose is to be closed by
     /// nginx's ngx_close_idle_connections() when a graceful shutdown begins
     /// (reload or quit): that is our cue to end every stream cleanly.
     shutdown_watch: *mut ngx_connection_t,
     exiting: bool,
+}
+
+/// Answers a change request (status and body) and finalizes it; given by
+/// the `sse_subscribe` handler, which owns the response format.
+pub type Finish = unsafe fn(*mut ngx_http_request_t, u16, &[u8]);
+
+/// A change request held until the worker that owns its stream answers.
+struct Waiting {
+    r: *mut ngx_http_request_t,
+    finish: Finish,
+    /// `sse_subscribe_timeout`.
+    timer: ngx_event_t,
+}
+
+/// What became of a change request.
+pub enum ChangeOutcome {
+    /// Answered now: status and body.
+    Done(u16, Vec<u8>),
+    /// Forwarded: the worker answers it with its `Finish` later.
+    Waiting,
 }
 
 fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
@@ -93,6 +130,122 @@ pub fn next_stream_id() -> u64 {
         w.next_stream_id
     })
     .unwrap_or(0)
+}
+
+/// This worker's node id (session tokens name it).
+pub fn node() -> Option<u64> {
+    with(|w| w.node)
+}
+
+/// A change request, from the `sse_subscribe` handler: applied here if this
+/// worker holds the stream, otherwise published on the owner's node
+/// channel; then `r` waits (without blocking the worker) for the owner's
+/// answer, for at most `timeout`, and is answered through `finish`.
+///
+/// # Safety
+/// `r` must be a live request that nothing else finalizes until `finish`
+/// is called with it (or its cleanup runs).
+pub unsafe fn change(
+    mut change: Change,
+    r: *mut ngx_http_request_t,
+    timeout: ngx_msec_t,
+    finish: Finish,
+) -> ChangeOutcome {
+    let outcome = with(|w| {
+        if w.exiting {
+            return ChangeOutcome::Done(503, b"sse: server is shutting down\n".to_vec());
+        }
+        if change.session.node == w.node {
+            let (status, body) = w.apply_change(&change);
+            return ChangeOutcome::Done(status, body);
+        }
+        let Some(commands) = w.commands.as_mut().filter(|c| c.is_ready()) else {
+            return ChangeOutcome::Done(503, b"sse: redis is unavailable\n".to_vec());
+        };
+        w.next_change += 1;
+        change.from = w.node;
+        change.request = w.next_change;
+        let channel = session::node_channel(change.session.node);
+        commands.publish(channel.as_bytes(), &change.encode(), Some(change.request));
+        commands.send();
+        // SAFETY: `r` is live (caller's contract).
+        let cln = unsafe { ngx_http_cleanup_add(r, 0) };
+        if cln.is_null() {
+            return ChangeOutcome::Done(500, b"sse: out of memory\n".to_vec());
+        }
+        // SAFETY: all-zero is the initial state of an nginx event.
+        let timer = unsafe { std::mem::zeroed() };
+        // Boxed: nginx's timer tree holds the event's address.
+        let mut waiting = Box::new(Waiting { r, finish, timer });
+        let id = change.request;
+        waiting.timer.handler = Some(change_timeout);
+        waiting.timer.data = id as usize as *mut c_void;
+        // SAFETY: `r` and its connection are live; the cleanup runs when
+        // nginx frees the request, and drops the waiting entry (and its
+        // timer) if it is still there.
+        unsafe {
+            waiting.timer.log = (*(*r).connection).log;
+            ngx_add_timer(&mut waiting.timer, timeout);
+            (*cln).handler = Some(change_cleanup);
+            (*cln).data = id as usize as *mut c_void;
+        }
+        sse_debug!(
+            cycle_log(),
+            "sse: change {} for stream {} of node {:016x} forwarded",
+            id,
+            change.session.stream,
+            change.session.node
+        );
+        w.waiting.insert(id, waiting);
+        ChangeOutcome::Waiting
+    })
+    .unwrap_or_else(|| ChangeOutcome::Done(503, b"sse: not ready\n".to_vec()));
+    // A change applied here queued an sse-channels event.
+    let dirty = with(|w| mem::take(&mut w.dirty)).unwrap_or_default();
+    flush_all(dirty);
+    outcome
+}
+
+/// `sse_subscribe_timeout` passed without an answer.
+unsafe extern "C" fn change_timeout(ev: *mut ngx_event_t) {
+    // SAFETY: the timer of a waiting entry carries its id.
+    let id = unsafe { (*ev).data } as usize as u64;
+    if let Some(waiting) = with(|w| w.waiting.remove(&id)).flatten() {
+        let body = b"sse: the stream did not answer\n";
+        // SAFETY: a waiting request is live until answered or cleaned up.
+        unsafe { answer(waiting, 504, body) };
+    }
+}
+
+/// The waiting request is being freed (client gone, worker exiting).
+unsafe extern "C" fn change_cleanup(data: *mut c_void) {
+    let id = data as usize as u64;
+    if let Some(mut waiting) = with(|w| w.waiting.remove(&id)).flatten() {
+        if waiting.timer.timer_set() != 0 {
+            // SAFETY: the entry's own timer.
+            unsafe { ngx_del_timer(&mut waiting.timer) };
+        }
+    }
+}
+
+/// Answers a waiting request (removed from the map) and runs what
+/// finalizing posted.
+///
+/// # Safety
+/// The request must be live.
+// The entry stays boxed until its timer is deleted: nginx's timer tree
+// holds the event's address.
+#[allow(clippy::boxed_local)]
+unsafe fn answer(mut waiting: Box<Waiting>, status: u16, body: &[u8]) {
+    // SAFETY: the caller's contract; the timer is the entry's own.
+    unsafe {
+        if waiting.timer.timer_set() != 0 {
+            ngx_del_timer(&mut waiting.timer);
+        }
+        let c = (*waiting.r).connection;
+        (waiting.finish)(waiting.r, status, body);
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 /// Adds a new stream to the fan-out, subscribes what is new to this worker,
@@ -141,7 +294,7 @@ fn unregister(key: StreamKey, id: u64, keys: &[Box<[u8]>]) {
 
 /// The Redis connections' event hook.
 fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
-    let Some((batch, revoked, refused)) = with(|w| {
+    let Some((batch, revoked, refused, answers)) = with(|w| {
         let mut effects = Effects::default();
         {
             let Worker {
@@ -154,6 +307,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 barrier_token,
                 prefix,
                 max_message,
+                node_channel,
                 ..
             } = &mut *w;
             let mut fanout = Fanout {
@@ -165,6 +319,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 effects: &mut effects,
                 prefix: prefix.as_bytes(),
                 max_message: *max_message,
+                node_channel,
             };
             match role {
                 Role::Subscriber => subscriber.handle(event, ev, &mut fanout),
@@ -176,6 +331,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
             }
         }
         w.apply(&mut effects);
+        let answers = w.settle(&mut effects);
         w.shrink_scratch();
         metrics::gauge_set(Gauge::SubscriberPending, w.subscriber.in_flight() as i64);
         if let Some(commands) = &w.commands {
@@ -185,11 +341,16 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
             mem::take(&mut w.dirty),
             mem::take(&mut effects.revoked),
             mem::take(&mut effects.refused),
+            answers,
         )
     }) else {
         return;
     };
     flush_all(batch);
+    for (waiting, status, body) in answers {
+        // SAFETY: a waiting request is live until answered or cleaned up.
+        unsafe { answer(waiting, status, &body) };
+    }
     // Looked up again: flushing may have ended some, and a stream refused
     // and revoked at once is ended once.
     for (id, event) in refused {
@@ -246,6 +407,21 @@ impl Worker {
         if effects.barrier && self.subscriber.barrier(self.barrier_token + 1) {
             self.barrier_token += 1;
         }
+        for change in mem::take(&mut effects.changes) {
+            let (status, body) = self.apply_change(&change);
+            let answer = Answer {
+                request: change.request,
+                status,
+                body,
+            };
+            if let Some(commands) = self.commands.as_mut() {
+                let channel = session::node_channel(change.from);
+                // Not up: the sender times out (504).
+                if commands.publish(channel.as_bytes(), &answer.encode(), None) {
+                    commands.send();
+                }
+            }
+        }
         let Some(commands) = self.commands.as_mut() else {
             return;
         };
@@ -288,6 +464,117 @@ impl Worker {
         }
     }
 
+    /// Pairs the answers that arrived (and the publishes that failed) with
+    /// the requests waiting for them.
+    fn settle(&mut self, effects: &mut Effects) -> Vec<(Box<Waiting>, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        for a in mem::take(&mut effects.answers) {
+            if let Some(waiting) = self.waiting.remove(&a.request) {
+                out.push((waiting, a.status, a.body));
+            }
+        }
+        let mut failed: Vec<(u64, u16, &[u8])> = Vec::new();
+        for (tag, receivers) in mem::take(&mut effects.published) {
+            match receivers {
+                // No worker listens on that node channel any more.
+                Some(0) => failed.push((tag, 404, b"sse: unknown session\n")),
+                Some(_) => {}
+                None => failed.push((tag, 503, b"sse: redis is unavailable\n")),
+            }
+        }
+        if let Some(commands) = self.commands.as_mut() {
+            for tag in commands.take_lost_publishes() {
+                failed.push((tag, 503, b"sse: redis is unavailable\n"));
+            }
+        }
+        for (tag, status, body) in failed {
+            if let Some(waiting) = self.waiting.remove(&tag) {
+                out.push((waiting, status, body.to_vec()));
+            }
+        }
+        out
+    }
+
+    /// Applies a change to a stream of this worker, whole or not at all;
+    /// returns the answer (status, body). The stream gets `sse-channels`
+    /// (queued: the caller flushes `dirty`) and, with history, a catch-up of
+    /// the added channels.
+    fn apply_change(&mut self, change: &Change) -> (u16, Vec<u8>) {
+        let unknown = (404, b"sse: unknown session\n".to_vec());
+        let Some(&key) = self.streams.get(&change.session.stream) else {
+            return unknown;
+        };
+        let s = stream_mut(key);
+        if !s.has_session(&change.session) {
+            return unknown;
+        }
+        if s.user() != change.user.as_deref() {
+            return (403, b"sse: the session belongs to another user\n".to_vec());
+        }
+        // The change request's own grants, evaluated now; a sse_subscribe
+        // location without sse_allow keeps the stream's.
+        let grants = change.grants.clone().or_else(|| s.grants().cloned());
+        let result = session::apply(
+            s.subscriptions(),
+            &change.add,
+            &change.remove,
+            s.rules(),
+            grants.as_ref(),
+        );
+        let subscriptions = match result {
+            Ok(subscriptions) => subscriptions,
+            Err(e @ ChangeError::Channel(_)) => return (400, format!("sse: {e}\n").into_bytes()),
+            Err(e @ ChangeError::NotAllowed(_)) => {
+                return (403, format!("sse: {e}\n").into_bytes())
+            }
+        };
+        let changed = s.change(subscriptions, grants);
+        let gone = self.registry.unsubscribe(key, &changed.gone);
+        if !gone.is_empty() {
+            self.subscriber.unsubscribe(&gone);
+        }
+        let new = self.registry.subscribe(key, &changed.new);
+        if !new.is_empty() {
+            self.subscriber.subscribe(&new);
+        }
+        metrics::gauge_set(Gauge::RedisSubscriptions, self.registry.key_count() as i64);
+
+        let now = session::join(s.subscriptions());
+        let event = Frame::encode(&mut self.scratch, |out| {
+            wire::encode_event(out, Some(CHANNELS_EVENT), None, now.as_bytes())
+        });
+        s.enqueue(event);
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+        if s.replay.is_some() {
+            let concrete = concrete_of(s.subscriptions());
+            let start = change.since.map_or(Resume::Fresh, Resume::After);
+            let added = concrete_of(&changed.added)
+                .into_iter()
+                .map(|c| (c, start))
+                .collect();
+            let token = self.barrier_token + 1;
+            if let Some(replay) = s.replay.as_mut() {
+                if replay.change(concrete, added) {
+                    // Read once Redis has the new subscriptions.
+                    replay.catch_up(token);
+                    if self.subscriber.barrier(token) {
+                        self.barrier_token = token;
+                    }
+                }
+            }
+        }
+        sse_debug!(
+            cycle_log(),
+            "sse: stream {} channels changed to \"{}\"",
+            s.id,
+            now
+        );
+        (200, format!("{now}\n").into_bytes())
+    }
+
     /// The scratch buffer grows to the largest message formatted; after a
     /// large one, give the memory back instead of holding it for good.
     fn shrink_scratch(&mut self) {
@@ -302,6 +589,15 @@ impl Worker {
             commands.close();
         }
     }
+}
+
+/// The concrete channels among `patterns`, for the history.
+fn concrete_of(patterns: &[Pattern]) -> Vec<Box<[u8]>> {
+    patterns
+        .iter()
+        .filter(|p| p.is_concrete())
+        .map(|p| Box::<[u8]>::from(p.as_bytes()))
+        .collect()
 }
 
 /// Writes the frames queued in one batch, one write per stream.
@@ -349,8 +645,19 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // No sse_channel anywhere: no Redis connection either.
         return NGX_OK as ngx_int_t;
     };
-    let subscriber = Connection::new(target, Role::Subscriber, Subscriber::default());
-    let commands = main.history_used.then(|| {
+    let node = u64::from_ne_bytes(random_bytes().unwrap_or_else(|| {
+        // No CSPRNG: still unique enough to route (tokens need none).
+        // SAFETY: nginx's pid and clock, set before init_process runs.
+        let (pid, msec) = unsafe { (ngx::ffi::ngx_pid as u64, ngx::ffi::ngx_current_msec as u64) };
+        (pid ^ (msec << 20)).to_ne_bytes()
+    }));
+    let node_channel = session::node_channel(node).into_bytes();
+    let subscriber = Connection::new(
+        target,
+        Role::Subscriber,
+        Subscriber::new(main.sessions_used.then(|| node_channel.clone())),
+    );
+    let commands = (main.history_used || main.sessions_used).then(|| {
         Connection::new(
             target,
             Role::Commands,
@@ -370,6 +677,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             prefix: main.prefix().to_string(),
             max_message: main.max_message,
             barrier_token: 0,
+            node,
+            node_channel,
+            waiting: HashMap::new(),
+            next_change: 0,
             dirty: Vec::new(),
             scratch: Vec::with_capacity(SCRATCH_KEEP),
             shutdown_watch,
@@ -413,12 +724,17 @@ fn new_shutdown_watch(cycle: &ngx_cycle_t) -> *mut ngx_connection_t {
 /// Graceful shutdown has begun: stop taking messages and end every stream
 /// with a complete response, so browsers reconnect at once (to a new worker).
 unsafe extern "C" fn shutdown_handler(_ev: *mut ngx_event_t) {
-    let streams = with(|w| {
+    let (streams, waiting) = with(|w| {
         w.exiting = true;
         w.close_redis();
-        w.registry.all_subscribers()
+        let waiting: Vec<Box<Waiting>> = w.waiting.drain().map(|(_, v)| v).collect();
+        (w.registry.all_subscribers(), waiting)
     })
     .unwrap_or_default();
+    for waiting in waiting {
+        // SAFETY: a waiting request is live until answered or cleaned up.
+        unsafe { answer(waiting, 503, b"sse: server is shutting down\n") };
+    }
     // SAFETY: the streams are registered (live), each listed once.
     unsafe { stream::end_all(streams, CloseReason::Reload) };
     close_shutdown_watch();

@@ -47,7 +47,7 @@ pub fn admit(request: &Request, lcf: &LocConf) -> Result<Admitted, Refusal> {
         .map_err(|e| Refusal::new(NGX_HTTP_BAD_REQUEST, format!("sse: {e}\n")))?;
     let user = user_of(request, lcf)?;
 
-    let Some(allow) = &lcf.allow else {
+    let Some(grants) = grants_of(request, lcf)? else {
         return Ok(Admitted {
             subscriptions,
             user,
@@ -55,16 +55,6 @@ pub fn admit(request: &Request, lcf: &LocConf) -> Result<Admitted, Refusal> {
             refused: Vec::new(),
         });
     };
-    let grant_values = evaluate(request, allow)?;
-    let (grants, invalid) = Grants::parse(&grant_values);
-    if !invalid.is_empty() {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            request.log(),
-            "sse: ignoring invalid grant(s) from sse_allow: {}",
-            invalid.join(", ").escape_debug()
-        );
-    }
     let (permitted, refused): (Vec<Pattern>, Vec<Pattern>) =
         subscriptions.drain(..).partition(|s| grants.permits(s));
     if !refused.is_empty() && (lcf.refused == REFUSED_DENY || permitted.is_empty()) {
@@ -82,9 +72,28 @@ pub fn admit(request: &Request, lcf: &LocConf) -> Result<Admitted, Refusal> {
     })
 }
 
+/// `sse_allow` evaluated for this request: `None` if the location has none
+/// (an open location). Invalid entries grant nothing and are logged.
+pub fn grants_of(request: &Request, lcf: &LocConf) -> Result<Option<Grants>, Refusal> {
+    let Some(allow) = &lcf.allow else {
+        return Ok(None);
+    };
+    let grant_values = evaluate(request, allow)?;
+    let (grants, invalid) = Grants::parse(&grant_values);
+    if !invalid.is_empty() {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            request.log(),
+            "sse: ignoring invalid grant(s) from sse_allow: {}",
+            invalid.join(", ").escape_debug()
+        );
+    }
+    Ok(Some(grants))
+}
+
 /// `sse_user`: none, or a valid user id (an invalid one is refused: it
 /// could never match an audience or a revocation).
-fn user_of(request: &Request, lcf: &LocConf) -> Result<Option<Box<[u8]>>, Refusal> {
+pub fn user_of(request: &Request, lcf: &LocConf) -> Result<Option<Box<[u8]>>, Refusal> {
     let Some(cv) = lcf.user else {
         return Ok(None);
     };

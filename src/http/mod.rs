@@ -6,6 +6,7 @@
 //! ([`response`]), then [`Stream::open`] and the worker's fan-out.
 
 mod admission;
+pub mod control;
 pub mod exposition;
 mod response;
 
@@ -17,11 +18,12 @@ use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 use sse_core::history::Resume;
 
 use crate::metrics;
-use crate::ngx_ext::{add_pool_header, add_static_header, static_str};
+use crate::ngx_ext::{add_pool_header, add_static_header, random_bytes, static_str};
 use crate::replay::Replay;
 use crate::stream::{Opening, Stream};
 use crate::{worker, SseModule};
 use sse_core::metrics::Counter;
+use sse_core::session::Token;
 
 /// The query argument that carries the last event id on a first connection
 /// (EventSource cannot set headers).
@@ -79,6 +81,8 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         };
     }
 
+    // SAFETY: `r` is live.
+    let resume = unsafe { resume_position(request) };
     let replay = (lcf.history == 1).then(|| {
         let channels = admitted
             .subscriptions
@@ -86,15 +90,35 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
             .filter(|p| p.is_concrete())
             .map(|p| Box::<[u8]>::from(p.as_bytes()))
             .collect();
-        // SAFETY: `r` is live.
-        let resume = unsafe { resume_position(request) };
         Replay::new(resume, lcf.history_start as usize, channels)
     });
-    if let Some(Resume::After(since)) = replay.as_ref().map(Replay::resume) {
+    if let (Some(_), Resume::After(since)) = (&replay, resume) {
         // Where the replay starts, for clients that read headers.
         // SAFETY: `r` is live and its header is not sent.
         unsafe { add_pool_header(r, "Last-Event-ID", since.to_string().as_bytes()) };
     }
+    let id = worker::next_stream_id();
+    // The session token: 128 bits from the kernel's CSPRNG, and where the
+    // stream lives (worker and stream id) so that a change can be routed.
+    let session = if lcf.session == 1 {
+        let (Some(secret), Some(node)) = (random_bytes::<16>(), worker::node()) else {
+            // SAFETY: as above.
+            return unsafe {
+                response::send_error(
+                    r,
+                    NGX_HTTP_SERVICE_UNAVAILABLE,
+                    "sse: no session available\n",
+                )
+            };
+        };
+        Some(Token {
+            node,
+            stream: id,
+            secret,
+        })
+    } else {
+        None
+    };
     // Events are small writes that must leave at once: without TCP_NODELAY,
     // Nagle's algorithm holds one back until the previous one is
     // acknowledged, and delayed ACKs make that up to 40 ms.
@@ -103,8 +127,10 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         unsafe { ngx_tcp_nodelay(request.connection()) };
     }
 
+    let token = session.map(|t| t.to_string());
     // SAFETY: `r` is live and its header is not sent.
-    let rc = unsafe { response::send_stream_header(r, lcf.retry, &admitted.refused) };
+    let rc =
+        unsafe { response::send_stream_header(r, lcf.retry, token.as_deref(), &admitted.refused) };
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
         return rc;
     }
@@ -113,11 +139,13 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         user: admitted.user,
         grants: admitted.grants,
         replay,
-        id: worker::next_stream_id(),
+        id,
         max_backlog: lcf.max_backlog,
         heartbeat_ms: lcf.heartbeat,
         // SAFETY: `r` is live.
         http2: unsafe { (*r).http_version } >= ngx::ffi::NGX_HTTP_VERSION_20 as usize,
+        session: session.map(|t| t.secret),
+        rules: lcf.rules(),
     };
     // SAFETY: `r` is the live main request and this handler returns NGX_DONE.
     let Some(stream) = (unsafe { Stream::open(r, opening) }) else {

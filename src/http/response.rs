@@ -10,19 +10,21 @@ use ngx::ffi::{
 use ngx::http::{HTTPStatus, Request};
 use sse_core::frame;
 use sse_core::pattern::Pattern;
+use sse_core::session::SESSION_EVENT;
 
 use crate::frame::REFUSED_EVENT;
 use crate::ngx_ext::{add_static_header, static_str};
 
-/// Sends the SSE response header, the `retry:` field and, if channels were
-/// dropped, the `sse-refused` event, flushed so the client sees the stream
-/// open at once.
+/// Sends the SSE response header, the `retry:` field, the session token
+/// (`sse_session on`) and, if channels were dropped, the `sse-refused`
+/// event, flushed so the client sees the stream open at once.
 ///
 /// # Safety
 /// `r` must be a live request whose header has not been sent.
 pub unsafe fn send_stream_header(
     r: *mut ngx_http_request_t,
     retry_ms: ngx_msec_t,
+    session: Option<&str>,
     refused: &[Pattern],
 ) -> ngx_int_t {
     // SAFETY: the caller's contract.
@@ -64,6 +66,9 @@ pub unsafe fn send_stream_header(
     }
     let mut first = Vec::with_capacity(24);
     frame::encode_retry(&mut first, retry_ms as u64);
+    if let Some(token) = session {
+        frame::encode_event(&mut first, Some(SESSION_EVENT), None, token.as_bytes());
+    }
     if !refused.is_empty() {
         let names: Vec<&str> = refused.iter().map(Pattern::as_str).collect();
         frame::encode_event(

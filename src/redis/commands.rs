@@ -1,5 +1,6 @@
-//! The commands conversation: history reads as MULTI/EXEC transactions,
-//! replies matched to requests in order. On connect it loads the
+//! The commands conversation: history reads as MULTI/EXEC transactions and
+//! the PUBLISHes of live channel changes, replies matched to requests in
+//! order. On connect it loads the
 //! `sse_publish` function (a refusal is logged, not fatal: ops may load
 //! it themselves).
 
@@ -26,6 +27,9 @@ pub trait CommandsSink {
     fn commands_ready(&mut self);
     /// The reply to a request (the EXEC's array).
     fn reply(&mut self, request: Request, value: &Value<'_>);
+    /// How many subscribers a tagged PUBLISH reached (`None`: Redis
+    /// refused it).
+    fn published(&mut self, tag: u64, receivers: Option<i64>);
 }
 
 /// What a reply on the commands connection answers.
@@ -43,6 +47,8 @@ enum Pending {
     /// FUNCTION LOAD of redis/sse.lua.
     FunctionLoad,
     Request(Request),
+    /// A PUBLISH; tagged when someone waits for its receiver count.
+    Publish(Option<u64>),
 }
 
 pub struct Commands {
@@ -55,6 +61,8 @@ pub struct Commands {
     /// Requests whose connection broke before their reply, for the worker
     /// to send again.
     lost: Vec<Request>,
+    /// Tagged PUBLISHes whose connection broke before their reply.
+    lost_publishes: Vec<u64>,
     /// The last refusal of FUNCTION LOAD logged (each distinct one once).
     function_error: Vec<u8>,
 }
@@ -66,6 +74,7 @@ impl Commands {
             function,
             db,
             lost: Vec::new(),
+            lost_publishes: Vec::new(),
             function_error: Vec::new(),
         }
     }
@@ -84,11 +93,13 @@ impl Conversation for Commands {
     }
 
     fn dropped(&mut self) {
-        self.lost
-            .extend(self.pending.drain(..).filter_map(|p| match p {
-                Pending::Request(r) => Some(r),
-                _ => None,
-            }));
+        for pending in self.pending.drain(..) {
+            match pending {
+                Pending::Request(r) => self.lost.push(r),
+                Pending::Publish(Some(tag)) => self.lost_publishes.push(tag),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -118,6 +129,23 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
     fn reply(&mut self, value: &Value<'_>, sink: &mut S) -> Result<bool, String> {
         match (self.pending.pop_front(), value) {
             (Some(Pending::Request(request)), _) => sink.reply(request, value),
+            (Some(Pending::Publish(tag)), _) => {
+                let receivers = match value {
+                    Value::Integer(n) => Some(*n),
+                    _ => None,
+                };
+                if let Value::Error(msg) = value {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        cycle_log(),
+                        "sse: redis refused to publish a channel change (\"{}\")",
+                        String::from_utf8_lossy(msg)
+                    );
+                }
+                if let Some(tag) = tag {
+                    sink.published(tag, receivers);
+                }
+            }
             (Some(Pending::FunctionLoad), Value::Error(msg)) => {
                 if self.function_error != *msg {
                     ngx_log_error!(
@@ -172,6 +200,23 @@ impl Connection<Commands> {
         resp::encode_command(&mut self.wbuf, &[b"EXEC"]);
         pending.push_back(Pending::Request(request));
         true
+    }
+
+    /// Queues a PUBLISH; with a `tag`, its receiver count goes to
+    /// [`CommandsSink::published`]. Written by [`Connection::send`]. False
+    /// if the connection is not up.
+    pub fn publish(&mut self, channel: &[u8], payload: &[u8], tag: Option<u64>) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        resp::encode_command(&mut self.wbuf, &[b"PUBLISH", channel, payload]);
+        self.protocol.pending.push_back(Pending::Publish(tag));
+        true
+    }
+
+    /// Tagged PUBLISHes that lost their connection before their reply.
+    pub fn take_lost_publishes(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.protocol.lost_publishes)
     }
 
     /// Writes the transactions queued with [`Connection::transaction`].

@@ -31,11 +31,23 @@ pub trait SubscriberSink {
 #[derive(Default)]
 pub struct Subscriber {
     session: Session,
+    /// The worker's own reserved channel (live channel changes), if used:
+    /// subscribed for good, like the control channel.
+    node_channel: Option<Vec<u8>>,
     /// Keys subscribed by the greeting, and how many Redis refused, for the
     /// log line once the connection is up.
     greeted_keys: usize,
     refused_keys: usize,
     up: bool,
+}
+
+impl Subscriber {
+    pub fn new(node_channel: Option<Vec<u8>>) -> Self {
+        Subscriber {
+            node_channel,
+            ..Subscriber::default()
+        }
+    }
 }
 
 impl Conversation for Subscriber {
@@ -68,6 +80,7 @@ impl<S: SubscriberSink + ?Sized> Protocol<S> for Subscriber {
         // The control channel first: revocations must work even before (and
         // without) any client.
         let mut all: Vec<&[u8]> = vec![CONTROL_CHANNEL.as_bytes()];
+        all.extend(self.node_channel.as_deref());
         all.extend(keys.iter().map(Vec::as_slice));
         self.session.subscribe(out, &all);
         self.session.ping(out, Ping::Ready);

@@ -33,10 +33,12 @@ use ngx::ffi::{
     NGX_HTTP_LAST, NGX_HTTP_VERSION_20, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::ngx_log_error;
+use sse_core::channel::ListRules;
 use sse_core::envelope::Envelope;
 use sse_core::metrics::{CloseReason, Counter, Gauge};
 use sse_core::pattern::{Grants, Pattern};
 use sse_core::resp::Value;
+use sse_core::session::Token;
 
 use crate::frame::Frame;
 use crate::metrics;
@@ -77,6 +79,16 @@ pub fn set_end_hook(hook: EndHook) {
     END_HOOK.with(|h| h.set(hook));
 }
 
+/// What a live change did to a stream's subscriptions.
+pub struct Changed {
+    /// Fan-out keys it no longer has.
+    pub gone: Vec<Box<[u8]>>,
+    /// Fan-out keys it has now and did not before.
+    pub new: Vec<Box<[u8]>>,
+    /// The subscriptions that are new.
+    pub added: Vec<Pattern>,
+}
+
 /// What an admitted request subscribes to, and the limits of its location.
 pub struct Opening {
     pub subscriptions: Vec<Pattern>,
@@ -89,6 +101,10 @@ pub struct Opening {
     pub heartbeat_ms: ngx_msec_t,
     /// HTTP/2 (for the `transport` label of the open-streams gauge).
     pub http2: bool,
+    /// `sse_session on`: the secret of the stream's session token.
+    pub session: Option<[u8; 16]>,
+    /// The location's channel rules, which live changes follow too.
+    pub rules: ListRules,
 }
 
 pub struct Stream {
@@ -106,8 +122,13 @@ pub struct Stream {
     keys: Vec<Box<[u8]>>,
     /// `sse_user`, for per-message audiences and revocation.
     user: Option<Box<[u8]>>,
-    /// `sse_allow` as evaluated when the stream opened; `None`: open location.
+    /// `sse_allow` as evaluated when the stream opened (or by its last live
+    /// change); `None`: open location.
     grants: Option<Grants>,
+    /// The secret of its session token (`sse_session on`).
+    session: Option<[u8; 16]>,
+    /// Its location's channel rules (for live changes).
+    rules: ListRules,
     state: State,
     /// Why it ends, for the metrics; `Client` unless something else ends it.
     end_reason: CloseReason,
@@ -154,6 +175,8 @@ impl Stream {
             keys,
             user: opening.user,
             grants: opening.grants,
+            session: opening.session,
+            rules: opening.rules,
             state: State::Open,
             end_reason: CloseReason::Client,
             http2: opening.http2,
@@ -246,6 +269,60 @@ impl Stream {
 
     pub fn user(&self) -> Option<&[u8]> {
         self.user.as_deref()
+    }
+
+    /// What the client subscribed to, as it wrote it.
+    pub fn subscriptions(&self) -> &[Pattern] {
+        &self.subscriptions
+    }
+
+    pub fn grants(&self) -> Option<&Grants> {
+        self.grants.as_ref()
+    }
+
+    pub fn rules(&self) -> ListRules {
+        self.rules
+    }
+
+    /// Whether `token` is this stream's session (its secret compared in
+    /// constant time); false for a stream without a session.
+    pub fn has_session(&self, token: &Token) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|secret| token.secret_is(secret))
+    }
+
+    /// A live change: the stream's subscriptions become `subscriptions`
+    /// (already checked) and its grants `grants`.
+    pub fn change(&mut self, subscriptions: Vec<Pattern>, grants: Option<Grants>) -> Changed {
+        let keys: Vec<Box<[u8]>> = subscriptions
+            .iter()
+            .map(Pattern::subscription_key)
+            .collect();
+        let gone = self
+            .keys
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .cloned()
+            .collect();
+        let new = keys
+            .iter()
+            .filter(|k| !self.keys.contains(k))
+            .cloned()
+            .collect();
+        let added = subscriptions
+            .iter()
+            .filter(|p| !self.subscriptions.contains(p))
+            .cloned()
+            .collect();
+        metrics::gauge_add(
+            Gauge::Subscriptions,
+            keys.len() as i64 - self.keys.len() as i64,
+        );
+        self.subscriptions = subscriptions;
+        self.keys = keys;
+        self.grants = grants;
+        Changed { gone, new, added }
     }
 
     /// The subscription (as the client wrote it) whose fan-out key is `key`.

@@ -8,6 +8,7 @@
 //! - [`history`]: Last-Event-ID resume and gap detection over Redis Streams;
 //! - [`resp`]: the Redis protocol (replies in, commands out);
 //! - [`redis_url`]: the `sse_redis_url` value;
+//! - [`session`]: live channel changes: tokens, change requests, routing;
 //! - [`registry`]: which subscriber of a worker wants which channel;
 //! - [`subscriber`]: the conversation on a worker's subscriber connection;
 //! - [`backoff`]: reconnection delays;
@@ -24,4 +25,5 @@ pub mod pattern;
 pub mod redis_url;
 pub mod registry;
 pub mod resp;
+pub mod session;
 pub mod subscriber;

@@ -38,10 +38,17 @@ pub enum Counter {
     SkippedForeignPrefix,
     SubscriberReconnects,
     CommandsReconnects,
+    /// Live channel changes (`sse_subscribe`), by outcome, counted by the
+    /// worker that answered the request.
+    ChangesApplied,
+    ChangesRefused,
+    ChangesUnknown,
+    ChangesUnavailable,
+    ChangesTimeout,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::CommandsReconnects as usize + 1;
+    pub const COUNT: usize = Counter::ChangesTimeout as usize + 1;
 }
 
 /// Gauges: a worker's current values (zeroed when the worker goes).
@@ -215,6 +222,18 @@ pub fn render(s: &Snapshot, version: &str, workers: usize) -> String {
                 (r#"status="403""#, c(Counter::Refused403)),
                 (r#"status="405""#, c(Counter::Refused405)),
                 (r#"status="503""#, c(Counter::Refused503)),
+            ],
+        },
+        Family {
+            name: "sse_channel_changes_total",
+            kind: "counter",
+            help: "Live channel change requests (sse_subscribe), by result",
+            series: vec![
+                (r#"result="applied""#, c(Counter::ChangesApplied)),
+                (r#"result="refused""#, c(Counter::ChangesRefused)),
+                (r#"result="unknown_session""#, c(Counter::ChangesUnknown)),
+                (r#"result="unavailable""#, c(Counter::ChangesUnavailable)),
+                (r#"result="timeout""#, c(Counter::ChangesTimeout)),
             ],
         },
         Family {

@@ -205,6 +205,11 @@ impl Grants {
         self.patterns.is_empty()
     }
 
+    /// The granted patterns, in the order given.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
     /// Whether a message on `channel` may be delivered.
     pub fn allows(&self, channel: &[u8]) -> bool {
         self.patterns.iter().any(|g| g.matches(channel))
