@@ -6,9 +6,11 @@
 //! it through hooks the worker installs at start):
 //! - [`config`]: directives, typed configuration, `nginx -t` errors (its
 //!   `sse_channel` installs the content handler, as nginx modules do);
-//! - [`http`]: the content handler: admission, response header, opening;
-//! - [`worker`]: per-worker state, process start and shutdown, and
-//!   [`fanout`], what the worker does with what Redis hands it;
+//! - [`http`]: the content handlers: admission, response header, opening;
+//!   live channel changes (`sse_subscribe`); metrics;
+//! - [`worker`]: per-worker state, process start and shutdown, live
+//!   changes (applied, or forwarded to the worker that holds the stream),
+//!   and [`fanout`], what the worker does with what Redis hands it;
 //! - [`stream`]: one open stream: queue, flush, the one way it ends, and
 //!   nginx's callbacks into it;
 //! - [`replay`]: a stream's history replay and de-duplication;

@@ -22,6 +22,8 @@ my ($rc, $out) = nginx_test_conf(server => qq{
         location /multi { sse_channel \$arg_channels extra:one; sse_heartbeat off; }
         location /list { sse_channel "alpha,beta" A-b_c.d\@e:f; }
         location /longest { sse_channel $name128; }
+        location /live { sse_channel \$arg_channels; sse_history on; sse_session on; }
+        location = /live/subscribe { sse_subscribe; sse_subscribe_timeout 2s; }
         location / { return 200 "plain\\n"; }
 });
 is $rc, 0, 'nginx -t accepts a configuration using every directive' or diag $out;
@@ -92,6 +94,14 @@ my @bad = (
     [sse_max_channels => 'not a number',           $loc->('sse_channel a; sse_max_channels many;')],
     [sse_max_channels => 'negative',               $loc->('sse_channel a; sse_max_channels -1;')],
     [sse_max_channels => 'in http context, not a number', http => 'sse_max_channels lots;'],
+
+    [sse_session => 'not on/off',                  $loc->('sse_channel a; sse_session yes;')],
+    [sse_subscribe => 'with a value',              $loc->('sse_subscribe now;')],
+    [sse_subscribe => 'twice',                     $loc->('sse_subscribe; sse_subscribe;')],
+    [sse_subscribe => 'in server context',         server => 'sse_subscribe; location /sse { sse_channel a; }'],
+    [sse_subscribe => 'in the same location as sse_channel',
+        $loc->('sse_channel a; sse_subscribe;')],
+    [sse_subscribe_timeout => 'not a time',        $loc->('sse_subscribe; sse_subscribe_timeout soon;')],
 );
 
 for my $case (@bad) {
