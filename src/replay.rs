@@ -19,7 +19,7 @@
 //! id order and drops any id it already sent.
 
 use sse_core::frame;
-use sse_core::history::{self, ChannelHistory, Resume};
+use sse_core::history::{self, ChannelHistory, Plan, Resume};
 use sse_core::resp::Value;
 
 use std::collections::HashSet;
@@ -311,22 +311,19 @@ impl Replay {
         // generation): what was being added is what this reply holds.
         self.added.clear();
 
-        let mut gaps = Vec::new();
-        let mut events = Vec::new();
-        for (i, (history, (_, start))) in results.into_iter().zip(&reading).enumerate() {
-            let plan = match *start {
-                Resume::After(since) => history::plan_resume(since, seq, vec![history]),
-                Resume::Fresh | Resume::Malformed => {
-                    history::plan_fresh(seq, self.start_last, vec![history])
-                }
-            };
-            if !plan.gaps.is_empty() || *start == Resume::Malformed || failed[i] {
+        let starts = results
+            .into_iter()
+            .zip(&reading)
+            .map(|(history, (_, start))| (history, *start))
+            .collect();
+        let Plan {
+            mut gaps, events, ..
+        } = history::plan_each(seq, self.start_last, starts);
+        for (i, failed) in failed.iter().enumerate() {
+            if *failed && !gaps.contains(&i) {
                 gaps.push(i);
             }
-            events.extend(plan.events.into_iter().map(|(_, e)| (i, e)));
         }
-        events.sort_by_key(|(_, e)| e.id);
-
         if matches!(stream_start, Some(Resume::After(since)) if since > seq) {
             // Redis' sequence is behind this stream's position (Redis lost
             // its data, or the id came from elsewhere): the gap said so, and

@@ -243,6 +243,37 @@ pub fn plan_fresh(seq: u64, n: usize, channels: Vec<ChannelHistory<'_>>) -> Plan
     }
 }
 
+/// Plans a read in which each channel starts from its own position: the
+/// stream's channels from the stream's (`Resume` of the request, or the
+/// catch-up after Redis came back), channels added by a live change from
+/// the id the client gave. A `Malformed` start is a gap on that channel.
+/// The events come merged in id order, whatever their channel's start.
+pub fn plan_each<'a>(
+    seq: u64,
+    start_last: usize,
+    channels: Vec<(ChannelHistory<'a>, Resume)>,
+) -> Plan<'a> {
+    let mut gaps = Vec::new();
+    let mut events = Vec::new();
+    for (i, (history, start)) in channels.into_iter().enumerate() {
+        let plan = match start {
+            Resume::After(since) => plan_resume(since, seq, vec![history]),
+            Resume::Fresh | Resume::Malformed => plan_fresh(seq, start_last, vec![history]),
+        };
+        if !plan.gaps.is_empty() || start == Resume::Malformed {
+            gaps.push(i);
+        }
+        events.extend(plan.events.into_iter().map(|(_, e)| (i, e)));
+    }
+    events.sort_by_key(|(_, e)| e.id);
+    let position = events.last().map_or(0, |(_, e)| e.id);
+    Plan {
+        gaps,
+        events,
+        position,
+    }
+}
+
 /// Keeps the newest events of a replay that fit in `budget` bytes, as
 /// `size` measures them (the newest one always fits: a client that owes
 /// nothing gets at least one event). Returns the kept events, still in id
@@ -322,6 +353,49 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn each_channel_from_its_own_start() {
+        // The stream is at 9 on channel 0; channel 1 is added from 4 (the
+        // client's last id when it asked), channel 2 fresh with the last 1.
+        let plan = plan_each(
+            12,
+            1,
+            vec![
+                (ch(vec![e(10, 9), e(12, 10)], Some(12)), Resume::After(9)),
+                (
+                    ch(vec![e(5, 3), e(8, 5), e(11, 8)], Some(11)),
+                    Resume::After(4),
+                ),
+                (ch(vec![e(6, 1), e(7, 6)], Some(7)), Resume::Fresh),
+            ],
+        );
+        assert_eq!(
+            ids(&plan),
+            [(1, 5), (2, 7), (1, 8), (0, 10), (1, 11), (0, 12)],
+            "merged by id; the added channel's older ids included"
+        );
+        assert!(plan.gaps.is_empty());
+        assert_eq!(plan.position, 12);
+    }
+
+    #[test]
+    fn each_start_finds_its_own_gap() {
+        let plan = plan_each(
+            20,
+            0,
+            vec![
+                (ch(vec![e(15, 14)], Some(15)), Resume::After(14)),
+                // Added from 2, but its history starts after 10: a hole.
+                (ch(vec![e(12, 10)], Some(12)), Resume::After(2)),
+                (ch(Vec::new(), Some(3)), Resume::Malformed),
+                // A start beyond Redis' sequence: not ours, a gap.
+                (ch(Vec::new(), Some(3)), Resume::After(99)),
+            ],
+        );
+        assert_eq!(plan.gaps, [1, 2, 3]);
+        assert_eq!(ids(&plan), [(1, 12), (0, 15)]);
     }
 
     #[test]
