@@ -19,7 +19,38 @@ nginx-sse publishing function: history + notification in one atomic call.
    belongs to another sequence);
 and returns N. The default prefix P is "sse". Keys are not declared, so this
 needs a standalone Redis (or one where all these keys live on one node).
+
+Epochs (Redis Sentinel). Replication is asynchronous: after a failover the
+new master may not have the last ids the old one issued, and INCR would issue
+them again, to other events. nginx behind Sentinel calls
+  FCALL sse_epochs 0 [P]
+which records this master's replication id in <P>:replid. From then on, the
+first publish on a master whose replication id differs (a promoted replica, a
+restarted server) starts a new epoch: the sequence jumps to the next multiple
+of 10^12, above any id the lost master can have issued, and each channel's
+first entry of the epoch names the epoch's start as its previous id, so that
+a client resuming from before it is told of a gap (sse-gap) instead of
+silently missing what was lost. Without <P>:replid (no Sentinel), ids are
+plain INCR values, as they always were.
 ]]
+
+local EPOCH = 1000000000000
+
+local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+end
+
+-- A new epoch if this master is not the one that issued the last ids.
+local function check_epoch(prefix)
+  local mark = redis.call('GET', prefix .. ':replid')
+  if not mark then return end
+  local now = replid()
+  if now == mark then return end
+  local seq = tonumber(redis.call('GET', prefix .. ':seq') or '0')
+  local start = (math.floor(seq / EPOCH) + 1) * EPOCH
+  redis.call('SET', prefix .. ':seq', string.format('%d', start))
+  redis.call('SET', prefix .. ':replid', now)
+end
 
 -- User ids follow the channel name rules: 1 to 128 bytes of A-Z a-z 0-9
 -- _ - . @ in non-empty segments separated by ':'.
@@ -58,8 +89,14 @@ local function publish(keys, args)
 
   local stream = prefix .. ':h:' .. channel
   local last = prefix .. ':last'
+  check_epoch(prefix)
   local id = redis.call('INCR', prefix .. ':seq')
   local prev = redis.call('HGET', last, channel) or '0'
+  local epoch_start = math.floor(id / EPOCH) * EPOCH
+  if epoch_start > 0 and tonumber(prev) < epoch_start then
+    -- The channel's first event of an epoch: what came before may be lost.
+    prev = string.format('%d', epoch_start)
+  end
   local entry = { 'd', payload, 'p', prev }
   if to then
     entry[#entry + 1] = 't'
@@ -76,4 +113,14 @@ local function publish(keys, args)
   return id
 end
 
+local function epochs(keys, args)
+  local prefix = args[1] or 'sse'
+  if not string.find(prefix, '^[%w_%-%.@:]+$') then
+    return redis.error_reply('bad prefix "' .. prefix .. '"')
+  end
+  redis.call('SET', prefix .. ':replid', replid(), 'NX')
+  return 'OK'
+end
+
 redis.register_function('sse_publish', publish)
+redis.register_function('sse_epochs', epochs)

@@ -47,7 +47,7 @@ use sse_core::pattern::{Grants, Pattern};
 use sse_core::redis_url::RedisUrl;
 
 use crate::ngx_ext::{conf_args, NgxStrExt};
-use crate::redis::RedisTarget;
+use crate::redis::{Peer, RedisTarget};
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_HEARTBEAT_MS: ngx_msec_t = 15_000;
@@ -558,17 +558,31 @@ impl ConfError {
     }
 }
 
-/// Parses the URL and resolves its host once, with nginx's own resolver for
-/// configuration-time names (`ngx_parse_url`, as `proxy_pass` does).
+/// Parses the URL and resolves its hosts once (the server, or each
+/// Sentinel), with nginx's own resolver for configuration-time names
+/// (`ngx_parse_url`, as `proxy_pass` does).
 unsafe fn redis_target(cf: *mut ngx_conf_t, value: &str) -> Result<RedisTarget, ConfError> {
     let url = RedisUrl::parse(value).map_err(|e| ConfError::BadRedisUrl(value.to_string(), e))?;
-    let address = url.address();
+    let addresses = match &url.sentinel {
+        Some(sentinel) => sentinel.nodes.clone(),
+        None => vec![url.address()],
+    };
+    let mut peers = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        // SAFETY: configuration time (the caller's contract).
+        peers.push(unsafe { resolve(cf, &address) }?);
+    }
+    Ok(RedisTarget { url, peers })
+}
+
+/// Resolves `host:port` to its first address.
+unsafe fn resolve(cf: *mut ngx_conf_t, address: &str) -> Result<Peer, ConfError> {
     // SAFETY: ngx_url_t is a plain C struct for which all-zero is the
     // documented initial state; the pool outlives the configuration.
     let mut u: ngx_url_t = unsafe { std::mem::zeroed() };
     // SAFETY: the configuration pool is live at configuration time.
     u.url = unsafe { ngx_str_t::from_bytes((*cf).pool, address.as_bytes()) }
-        .ok_or_else(|| ConfError::Unresolvable(address.clone(), "out of memory".into()))?;
+        .ok_or_else(|| ConfError::Unresolvable(address.to_string(), "out of memory".into()))?;
     u.default_port = sse_core::redis_url::DEFAULT_PORT;
     // SAFETY: `u` is initialised above and the pool is the cycle's.
     if unsafe { ngx_parse_url((*cf).pool, &mut u) } != NGX_OK as ngx_int_t || u.naddrs == 0 {
@@ -580,16 +594,13 @@ unsafe fn redis_target(cf: *mut ngx_conf_t, value: &str) -> Result<RedisTarget, 
                 .to_string_lossy()
                 .into_owned()
         };
-        return Err(ConfError::Unresolvable(address, err));
+        return Err(ConfError::Unresolvable(address.to_string(), err));
     }
     // SAFETY: naddrs > 0, so addrs points to at least one resolved address,
-    // allocated from the configuration pool.
-    let addr = unsafe { &*u.addrs };
-    Ok(RedisTarget {
-        url,
-        sockaddr: addr.sockaddr,
-        socklen: addr.socklen,
-        name: addr.name,
+    // allocated from the configuration pool; Peer copies it.
+    Ok(unsafe {
+        let addr = &*u.addrs;
+        Peer::from_raw(addr.sockaddr, addr.socklen, addr.name.as_bytes())
     })
 }
 

@@ -44,6 +44,16 @@ pub const GAP_EVENT: &[u8] = b"sse-gap";
 /// Most entries read per channel in one replay.
 const MAX_REPLAY: usize = 100_000;
 
+/// What becomes of a live event on a stream that keeps history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    /// Its id was already sent (replayed, or received twice).
+    Duplicate,
+    Send,
+    /// Send it after an `sse-gap` on every channel: it opens a new epoch.
+    AfterGap,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     AwaitingBarrier(u64),
@@ -273,16 +283,32 @@ impl Replay {
         self.held.push((id, frame));
     }
 
-    /// Whether a live event must be sent (false: a duplicate), noting its id.
-    pub fn accept_live(&mut self, id: Option<u64>) -> bool {
+    /// What to do with a live event, noting its id.
+    pub fn accept_live(&mut self, id: Option<u64>) -> Live {
         match id {
-            Some(id) if id <= self.last_id => false,
+            Some(id) if id <= self.last_id => Live::Duplicate,
             Some(id) => {
+                // The first id of a new epoch (a Redis failover, see
+                // redis/sse.lua): events the old master issued and lost may
+                // never have reached this stream, and no history can tell.
+                let crossed = self.last_id > 0 && history::epoch(id) > history::epoch(self.last_id);
                 self.last_id = id;
-                true
+                if crossed {
+                    Live::AfterGap
+                } else {
+                    Live::Send
+                }
             }
-            None => true,
+            None => Live::Send,
         }
+    }
+
+    /// The `sse-gap` event naming every channel of the stream.
+    pub fn gap_everywhere(&self, scratch: &mut Vec<u8>) -> Frame {
+        let names: Vec<&[u8]> = self.channels.iter().map(|c| &**c).collect();
+        scratch.clear();
+        frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
+        Frame::Shared(scratch.as_slice().into())
     }
 
     /// All replies are in: the frames to send, in order (gap notice, replay,
@@ -397,7 +423,12 @@ impl Replay {
         }
         with_id.sort_by_key(|(id, _)| *id);
         let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 2);
-        if !gaps.is_empty() {
+        // Into a new epoch (a Redis failover): whatever the reads say, the
+        // lost master's last events may be missing on any channel.
+        let crossed = sent_before > 0 && history::epoch(self.last_id) > history::epoch(sent_before);
+        if crossed {
+            out.push(self.gap_everywhere(scratch));
+        } else if !gaps.is_empty() {
             let names: Vec<&[u8]> = gaps.iter().map(|&i| &*reading[i].0).collect();
             scratch.clear();
             frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));

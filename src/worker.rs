@@ -25,7 +25,7 @@ use std::ffi::c_void;
 use ngx::ffi::{
     ngx_add_timer, ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t,
     ngx_get_connection, ngx_http_cleanup_add, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_msec_t, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
+    ngx_int_t, ngx_msec_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
@@ -40,7 +40,11 @@ use crate::fanout::{Effects, Fanout};
 use crate::frame::Frame;
 use crate::metrics;
 use crate::ngx_ext::{cycle_log, random_bytes};
-use crate::redis::{self, Commands, Connection, RedisEvent, Request, Role, Subscriber};
+use crate::redis::connection::auth_args;
+use crate::redis::{
+    self, Commands, Connection, Peer, RedisEvent, Request, Role, SentinelSink, SentinelWatch,
+    Subscriber,
+};
 use crate::replay::Phase;
 use crate::stream::{self, Stream, StreamKey};
 use crate::SseModule;
@@ -62,6 +66,9 @@ struct Worker {
     subscriber: Box<Connection<Subscriber>>,
     /// The history connection, if some location keeps history.
     commands: Option<Box<Connection<Commands>>>,
+    /// The Sentinel watch (`redis-sentinel://`), and the master it named.
+    sentinel: Option<Box<Connection<SentinelWatch>>>,
+    master: Option<Peer>,
     /// `sse_redis_prefix`.
     prefix: String,
     /// `sse_max_message_size`: larger messages are skipped.
@@ -292,8 +299,35 @@ fn unregister(key: StreamKey, id: u64, keys: &[Box<[u8]>]) {
     });
 }
 
+/// What the Sentinel watch reported while handling one event.
+#[derive(Default)]
+struct MasterReport(Option<(Vec<u8>, Vec<u8>)>);
+
+impl SentinelSink for MasterReport {
+    fn master(&mut self, ip: &[u8], port: &[u8]) {
+        self.0 = Some((ip.to_vec(), port.to_vec()));
+    }
+}
+
+/// The Sentinel watch's events: follow the master it names.
+fn on_sentinel_event(event: RedisEvent, ev: *mut ngx_event_t) {
+    with(|w| {
+        let Some(sentinel) = w.sentinel.as_mut() else {
+            return;
+        };
+        let mut report = MasterReport::default();
+        sentinel.handle(event, ev, &mut report);
+        if let Some((ip, port)) = report.0 {
+            w.follow_master(&ip, &port);
+        }
+    });
+}
+
 /// The Redis connections' event hook.
 fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
+    if role == Role::Sentinel {
+        return on_sentinel_event(event, ev);
+    }
     let Some((batch, revoked, refused, answers)) = with(|w| {
         let mut effects = Effects::default();
         {
@@ -328,6 +362,7 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                         commands.handle(event, ev, &mut fanout);
                     }
                 }
+                Role::Sentinel => {}
             }
         }
         w.apply(&mut effects);
@@ -583,8 +618,43 @@ impl Worker {
         }
     }
 
+    /// Sentinel named the master: point the data connections there.
+    fn follow_master(&mut self, ip: &[u8], port: &[u8]) {
+        let Some(peer) = Peer::from_ip(ip, port) else {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                cycle_log(),
+                "sse: sentinel named the master \"{}:{}\", which is not an IP address (announce an IP, or set resolve-hostnames off)",
+                String::from_utf8_lossy(ip),
+                String::from_utf8_lossy(port)
+            );
+            return;
+        };
+        if self.master.as_ref() == Some(&peer) {
+            return;
+        }
+        let was = self.master.as_ref().map_or("none".to_string(), |m| {
+            String::from_utf8_lossy(m.name()).into_owned()
+        });
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            cycle_log(),
+            "sse: redis master is {} (was {})",
+            String::from_utf8_lossy(peer.name()),
+            was
+        );
+        self.subscriber.set_peer(peer.clone());
+        if let Some(commands) = self.commands.as_mut() {
+            commands.set_peer(peer.clone());
+        }
+        self.master = Some(peer);
+    }
+
     fn close_redis(&mut self) {
         self.subscriber.close();
+        if let Some(sentinel) = self.sentinel.as_mut() {
+            sentinel.close();
+        }
         if let Some(commands) = self.commands.as_mut() {
             commands.close();
         }
@@ -652,16 +722,35 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         (pid ^ (msec << 20)).to_ne_bytes()
     }));
     let node_channel = session::node_channel(node).into_bytes();
+    let url = &target.url;
+    let auth = auth_args(url.username.as_deref(), url.password.as_deref());
+    // With Sentinel, the data connections wait for it to name the master.
+    let data_peers = match url.sentinel {
+        Some(_) => Vec::new(),
+        None => target.peers.clone(),
+    };
     let subscriber = Connection::new(
-        target,
+        data_peers.clone(),
+        auth.clone(),
         Role::Subscriber,
         Subscriber::new(main.sessions_used.then(|| node_channel.clone())),
     );
     let commands = (main.history_used || main.sessions_used).then(|| {
+        // After a failover, ids restart in a new epoch (redis/sse.lua).
+        let epochs = url.sentinel.as_ref().map(|_| main.prefix().to_string());
         Connection::new(
-            target,
+            data_peers,
+            auth,
             Role::Commands,
-            Commands::new(Some(PUBLISH_FUNCTION), target.url.db),
+            Commands::new(Some(PUBLISH_FUNCTION), url.db, epochs),
+        )
+    });
+    let sentinel = url.sentinel.as_ref().map(|s| {
+        Connection::new(
+            target.peers.clone(),
+            auth_args(s.username.as_deref(), s.password.as_deref()),
+            Role::Sentinel,
+            SentinelWatch::new(&s.service),
         )
     });
     let shutdown_watch = new_shutdown_watch(cycle);
@@ -674,6 +763,8 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             next_stream_id: 0,
             subscriber,
             commands,
+            sentinel,
+            master: None,
             prefix: main.prefix().to_string(),
             max_message: main.max_message,
             barrier_token: 0,
@@ -687,6 +778,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             exiting: false,
         })
     });
+    on_redis_event(Role::Sentinel, RedisEvent::Start, ptr::null_mut());
     on_redis_event(Role::Subscriber, RedisEvent::Start, ptr::null_mut());
     on_redis_event(Role::Commands, RedisEvent::Start, ptr::null_mut());
     NGX_OK as ngx_int_t

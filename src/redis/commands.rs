@@ -58,6 +58,9 @@ pub struct Commands {
     function: Option<&'static str>,
     /// The database of the history keys (`/db` of `sse_redis_url`).
     db: u32,
+    /// With Sentinel: the prefix whose ids get a new epoch after a
+    /// failover (`FCALL sse_epochs`, redis/sse.lua).
+    epochs: Option<String>,
     /// Requests whose connection broke before their reply, for the worker
     /// to send again.
     lost: Vec<Request>,
@@ -68,11 +71,12 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(function: Option<&'static str>, db: u32) -> Self {
+    pub fn new(function: Option<&'static str>, db: u32, epochs: Option<String>) -> Self {
         Commands {
             pending: VecDeque::new(),
             function,
             db,
+            epochs,
             lost: Vec::new(),
             lost_publishes: Vec::new(),
             function_error: Vec::new(),
@@ -119,6 +123,13 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
             resp::encode_command(
                 out,
                 &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", code.as_bytes()],
+            );
+            self.pending.push_back(Pending::FunctionLoad);
+        }
+        if let Some(prefix) = &self.epochs {
+            resp::encode_command(
+                out,
+                &[&b"FCALL"[..], b"sse_epochs", b"0", prefix.as_bytes()],
             );
             self.pending.push_back(Pending::FunctionLoad);
         }

@@ -25,11 +25,9 @@ use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
 use sse_core::resp::{self, Scanner, Value};
 
-use super::{
-    ping_handler, read_handler, reconnect_handler, write_handler, RedisEvent, RedisTarget, Role,
-};
+use super::{ping_handler, read_handler, reconnect_handler, write_handler, Peer, RedisEvent, Role};
 use crate::metrics;
-use crate::ngx_ext::{cycle_log, NgxStrExt};
+use crate::ngx_ext::cycle_log;
 use sse_core::metrics::{Counter, Gauge};
 
 const CONNECT_TIMEOUT_MS: ngx_msec_t = 3_000;
@@ -81,8 +79,11 @@ pub struct Connection<P> {
     role: Role,
     state: State,
     pub(super) protocol: P,
-    sockaddr: *mut ngx::ffi::sockaddr,
-    socklen: ngx::ffi::socklen_t,
+    /// Where it may connect: tried in turn, the next after each failure
+    /// (Sentinels); none yet for a master that Sentinel has not named.
+    peers: Vec<Peer>,
+    peer: usize,
+    /// The current peer's name as nginx's connect code takes it.
     name: ngx_str_t,
     /// The arguments of AUTH, if the URL has credentials.
     auth: Option<Vec<Vec<u8>>>,
@@ -109,12 +110,16 @@ pub struct Connection<P> {
     quiet_log: ngx_log_t,
 }
 
+/// The arguments of AUTH for these credentials (none without a password).
+pub fn auth_args(username: Option<&str>, password: Option<&str>) -> Option<Vec<Vec<u8>>> {
+    password.map(|password| {
+        let user = username.iter().map(|u| u.as_bytes().to_vec());
+        user.chain([password.as_bytes().to_vec()]).collect()
+    })
+}
+
 impl<P: Conversation> Connection<P> {
-    pub fn new(target: &RedisTarget, role: Role, protocol: P) -> Box<Self> {
-        let auth = target.url.password.as_ref().map(|password| {
-            let user = target.url.username.iter().map(|u| u.as_bytes().to_vec());
-            user.chain([password.as_bytes().to_vec()]).collect()
-        });
+    pub fn new(peers: Vec<Peer>, auth: Option<Vec<Vec<u8>>>, role: Role, protocol: P) -> Box<Self> {
         // SAFETY: the cycle log is valid for the worker's life; ngx_event_t
         // is a C struct for which all-zero is the initial state.
         let (quiet_log, reconnect, ping) =
@@ -123,9 +128,9 @@ impl<P: Conversation> Connection<P> {
             role,
             state: State::Down,
             protocol,
-            sockaddr: target.sockaddr,
-            socklen: target.socklen,
-            name: target.name,
+            peers,
+            peer: 0,
+            name: ngx_str_t::empty(),
             auth,
             conn: ptr::null_mut(),
             rbuf: Vec::with_capacity(READ_CHUNK),
@@ -160,7 +165,34 @@ impl<P: Conversation> Connection<P> {
     }
 
     fn address(&self) -> String {
-        format!("{} at {}", P::LABEL, self.name.to_string_lossy())
+        match self.peers.get(self.peer) {
+            Some(peer) => format!("{} at {}", P::LABEL, String::from_utf8_lossy(peer.name())),
+            None => format!("{} (no master known yet)", P::LABEL),
+        }
+    }
+
+    /// Sentinel named a new master: go there now (dropping a connection to
+    /// the old one), unless it is where this connection already goes.
+    pub fn set_peer(&mut self, peer: Peer) {
+        if self.state == State::Closed || self.peers == [peer.clone()] {
+            return;
+        }
+        if !self.conn.is_null() {
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                cycle_log(),
+                "sse: leaving {} for the new master",
+                self.address()
+            );
+        }
+        self.drop_connection();
+        self.peers = vec![peer];
+        self.peer = 0;
+        self.backoff.reset();
+        self.failure_logged = false;
+        self.last_error.clear();
+        // SAFETY: the reconnect timer is ours; re-adding moves it.
+        unsafe { ngx_add_timer(&mut self.reconnect, 1) };
     }
 
     pub fn is_ready(&self) -> bool {
@@ -172,10 +204,11 @@ impl<P: Conversation> Connection<P> {
         self.protocol.in_flight()
     }
 
-    fn up_gauge(&self) -> Gauge {
+    fn up_gauge(&self) -> Option<Gauge> {
         match self.role {
-            Role::Subscriber => Gauge::SubscriberUp,
-            Role::Commands => Gauge::CommandsUp,
+            Role::Subscriber => Some(Gauge::SubscriberUp),
+            Role::Commands => Some(Gauge::CommandsUp),
+            Role::Sentinel => None,
         }
     }
 
@@ -203,11 +236,20 @@ impl<P: Conversation> Connection<P> {
     where
         P: Protocol<S>,
     {
+        let Some(peer) = self.peers.get_mut(self.peer) else {
+            // No master known yet: Sentinel's answer starts the connection.
+            return;
+        };
         // SAFETY: all-zero is the initial state of ngx_peer_connection_t.
         let mut pc: ngx_peer_connection_t = unsafe { std::mem::zeroed() };
-        // The address and name live in the configuration pool for the cycle.
-        pc.sockaddr = self.sockaddr;
-        pc.socklen = self.socklen;
+        // The address and name live in `peers`, which do not change while a
+        // connection exists (set_peer drops it first).
+        self.name = ngx_str_t {
+            len: peer.name.len(),
+            data: peer.name.as_mut_ptr(),
+        };
+        pc.sockaddr = &mut peer.addr as *mut libc::sockaddr_storage as *mut ngx::ffi::sockaddr;
+        pc.socklen = peer.socklen;
         pc.name = &mut self.name;
         pc.get = Some(ngx_event_get_peer);
         pc.log = &mut self.quiet_log;
@@ -319,15 +361,15 @@ impl<P: Conversation> Connection<P> {
         self.failure_logged = false;
         let again = self.ever_connected;
         self.ever_connected = true;
-        metrics::gauge_set(self.up_gauge(), 1);
+        if let Some(gauge) = self.up_gauge() {
+            metrics::gauge_set(gauge, 1);
+        }
         if again {
-            metrics::count(
-                match self.role {
-                    Role::Subscriber => Counter::SubscriberReconnects,
-                    Role::Commands => Counter::CommandsReconnects,
-                },
-                1,
-            );
+            match self.role {
+                Role::Subscriber => metrics::count(Counter::SubscriberReconnects, 1),
+                Role::Commands => metrics::count(Counter::CommandsReconnects, 1),
+                Role::Sentinel => {}
+            }
         }
         let detail = self.protocol.up(again, sink);
         let verb = if again {
@@ -556,7 +598,9 @@ impl<P: Conversation> Connection<P> {
 
     fn drop_connection(&mut self) {
         self.protocol.dropped();
-        metrics::gauge_set(self.up_gauge(), 0);
+        if let Some(gauge) = self.up_gauge() {
+            metrics::gauge_set(gauge, 0);
+        }
         if !self.conn.is_null() {
             // SAFETY: the connection is ours and closed once (pointer cleared).
             unsafe { ngx_close_connection(self.conn) };
@@ -580,6 +624,10 @@ impl<P: Conversation> Connection<P> {
     fn schedule_reconnect(&mut self) {
         if self.state == State::Closed {
             return;
+        }
+        // Several addresses (Sentinels): the next attempt tries the next.
+        if !self.peers.is_empty() {
+            self.peer = (self.peer + 1) % self.peers.len();
         }
         let delay = self.backoff.next_delay(ngx_random() as u64);
         sse_debug!(

@@ -15,32 +15,115 @@
 
 pub mod commands;
 pub mod connection;
+pub mod sentinel;
 pub mod subscriber;
 
 use std::cell::Cell;
 use std::ffi::c_void;
 
-use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_str_t};
+use ngx::ffi::{ngx_connection_t, ngx_event_t};
 use sse_core::redis_url::RedisUrl;
 
 pub use commands::{Commands, CommandsSink, Request};
 pub use connection::Connection;
+pub use sentinel::{SentinelSink, SentinelWatch};
 pub use subscriber::{Subscriber, SubscriberSink};
 
-/// Where the worker's Redis connection goes: the parsed URL and the address
-/// nginx resolved for it at configuration time (as for `proxy_pass`).
+/// Where the worker's Redis connections go: the parsed URL and the
+/// addresses nginx resolved for it at configuration time (as for
+/// `proxy_pass`): the server, or with Sentinel the Sentinels.
 pub struct RedisTarget {
     pub url: RedisUrl,
-    pub sockaddr: *mut ngx::ffi::sockaddr,
-    pub socklen: ngx::ffi::socklen_t,
-    /// `host:port` text for log lines; lives in the configuration pool.
-    pub name: ngx_str_t,
+    pub peers: Vec<Peer>,
+}
+
+/// One address a connection can go to, owned (a master's address arrives
+/// at run time, from Sentinel).
+#[derive(Clone)]
+pub struct Peer {
+    addr: libc::sockaddr_storage,
+    socklen: libc::socklen_t,
+    /// `host:port`, for log lines and nginx's connect code.
+    name: Vec<u8>,
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Peer {
+    /// A copy of an address nginx resolved.
+    ///
+    /// # Safety
+    /// `sockaddr` must point to `socklen` readable bytes of a socket address.
+    pub unsafe fn from_raw(sockaddr: *const ngx::ffi::sockaddr, socklen: u32, name: &[u8]) -> Peer {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = (socklen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: the caller's contract for the source; `addr` is at least
+        // `len` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sockaddr as *const u8,
+                &mut addr as *mut libc::sockaddr_storage as *mut u8,
+                len,
+            )
+        };
+        Peer {
+            addr,
+            socklen: len as libc::socklen_t,
+            name: name.to_vec(),
+        }
+    }
+
+    /// An IP address and port as Sentinel reports them (`10.0.0.2`,
+    /// `6379`); `None` for a host name (not resolved at run time) or junk.
+    pub fn from_ip(ip: &[u8], port: &[u8]) -> Option<Peer> {
+        let ip: std::net::IpAddr = std::str::from_utf8(ip).ok()?.parse().ok()?;
+        let port: u16 = std::str::from_utf8(port).ok()?.parse().ok()?;
+        let addr = std::net::SocketAddr::new(ip, port);
+        // SAFETY: all-zero is a valid sockaddr_storage, and each arm writes
+        // the variant its family says, within its size.
+        let (storage, socklen) = unsafe {
+            let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+            let socklen = match addr {
+                std::net::SocketAddr::V4(a) => {
+                    let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sin.sin_port = a.port().to_be();
+                    sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                    std::mem::size_of::<libc::sockaddr_in>()
+                }
+                std::net::SocketAddr::V6(a) => {
+                    let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    sin6.sin6_port = a.port().to_be();
+                    sin6.sin6_addr.s6_addr = a.ip().octets();
+                    std::mem::size_of::<libc::sockaddr_in6>()
+                }
+            };
+            (storage, socklen as libc::socklen_t)
+        };
+        Some(Peer {
+            addr: storage,
+            socklen,
+            name: addr.to_string().into_bytes(),
+        })
+    }
+
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Subscriber = 1,
     Commands = 2,
+    /// The Sentinel watch (`redis-sentinel://` URLs).
+    Sentinel = 3,
 }
 
 impl Role {
@@ -54,6 +137,7 @@ impl Role {
         match tag as usize {
             1 => Some(Role::Subscriber),
             2 => Some(Role::Commands),
+            3 => Some(Role::Sentinel),
             _ => None,
         }
     }

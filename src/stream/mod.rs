@@ -43,7 +43,7 @@ use sse_core::session::Token;
 use crate::frame::Frame;
 use crate::metrics;
 use crate::ngx_ext::NgxStrExt;
-use crate::replay::Replay;
+use crate::replay::{Live, Replay};
 use crate::transport::{Direct, RequestWriter, Written};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -376,8 +376,13 @@ impl Stream {
             return;
         }
         if let Some(replay) = self.replay.as_mut() {
-            if !replay.accept_live(id) {
-                return;
+            match replay.accept_live(id) {
+                Live::Duplicate => return,
+                Live::Send => {}
+                Live::AfterGap => {
+                    let gap = replay.gap_everywhere(&mut Vec::new());
+                    self.enqueue(gap);
+                }
             }
         }
         self.enqueue(frame);

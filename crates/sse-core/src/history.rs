@@ -18,6 +18,15 @@ use std::fmt;
 use crate::envelope;
 use crate::resp::Value;
 
+/// Ids of one epoch: after a Redis failover, `sse_publish` starts the next
+/// multiple of this (redis/sse.lua), above any id the old master issued.
+pub const EPOCH: u64 = 1_000_000_000_000;
+
+/// The epoch of an id (0 until the first failover).
+pub fn epoch(id: u64) -> u64 {
+    id / EPOCH
+}
+
 /// Where a stream starts, from `Last-Event-ID` (header or query argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {

@@ -1,18 +1,38 @@
-//! `redis://[[username]:password@]host[:port][/db]`, the value of
-//! `sse_redis_url`.
+//! The value of `sse_redis_url`:
+//! - `redis://[[username]:password@]host[:port][/db]`: one Redis server;
+//! - `redis-sentinel://[[username]:password@]host[:port][,host[:port]...]/service[/db]
+//!   [?sentinel_username=U&sentinel_password=P]`: the master of `service`, as
+//!   the listed Sentinels report it (default port 26379). The credentials
+//!   before `@` are the master's; the Sentinels' own, if they require any,
+//!   are the query's.
 
 use std::fmt;
 
 pub const DEFAULT_PORT: u16 = 6379;
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     /// Host name or address; IPv6 addresses keep their brackets (`[::1]`).
+    /// With Sentinel: the first Sentinel.
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// `redis-sentinel://`: where to ask for the master.
+    pub sentinel: Option<Sentinel>,
+}
+
+/// The Sentinel part of a `redis-sentinel://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The monitored master's name (`sentinel monitor <service> ...`).
+    pub service: String,
+    /// `host:port` of each Sentinel, in the order given.
+    pub nodes: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,18 +44,24 @@ pub enum UrlError {
     Db(String),
     Escape,
     Extra(String),
+    NoService,
+    Query(String),
 }
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UrlError::Scheme => f.write_str("must start with \"redis://\""),
+            UrlError::Scheme => {
+                f.write_str("must start with \"redis://\" or \"redis-sentinel://\"")
+            }
             UrlError::Tls => f.write_str("TLS (\"rediss://\") is not supported yet"),
             UrlError::NoHost => f.write_str("has no host"),
             UrlError::Port(p) => write!(f, "has an invalid port \"{p}\""),
             UrlError::Db(d) => write!(f, "has an invalid database number \"{d}\""),
             UrlError::Escape => f.write_str("has a malformed %-escape in its credentials"),
             UrlError::Extra(e) => write!(f, "has unsupported trailing parts \"{e}\""),
+            UrlError::NoService => f.write_str("names no Sentinel service (\"/mymaster\")"),
+            UrlError::Query(q) => write!(f, "has an unsupported query parameter \"{q}\""),
         }
     }
 }
@@ -44,6 +70,9 @@ impl std::error::Error for UrlError {}
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self, UrlError> {
+        if let Some(rest) = url.strip_prefix("redis-sentinel://") {
+            return parse_sentinel(rest);
+        }
         let rest = if let Some(rest) = url.strip_prefix("redis://") {
             rest
         } else if url.starts_with("rediss://") {
@@ -62,13 +91,7 @@ impl RedisUrl {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(info) => match info.split_once(':') {
-                Some((user, pass)) => (non_empty(decode(user)?), Some(decode(pass)?)),
-                None => (non_empty(decode(info)?), None),
-            },
-        };
+        let (username, password) = credentials(userinfo)?;
         let (host, port) = split_host_port(hostport)?;
         if host.is_empty() || host == "[]" {
             return Err(UrlError::NoHost);
@@ -84,6 +107,7 @@ impl RedisUrl {
             username,
             password,
             db,
+            sentinel: None,
         })
     }
 
@@ -93,7 +117,87 @@ impl RedisUrl {
     }
 }
 
+fn parse_sentinel(rest: &str) -> Result<RedisUrl, UrlError> {
+    if let Some(i) = rest.find('#') {
+        return Err(UrlError::Extra(rest[i..].to_string()));
+    }
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (username, password) = credentials(userinfo)?;
+    let mut nodes = Vec::new();
+    let mut first = None;
+    for hostport in hosts.split(',') {
+        let (host, port) = split_host_port_or(hostport, DEFAULT_SENTINEL_PORT)?;
+        if host.is_empty() || host == "[]" {
+            return Err(UrlError::NoHost);
+        }
+        first.get_or_insert((host.to_string(), port));
+        nodes.push(format!("{host}:{port}"));
+    }
+    let (service, db) = match path.split_once('/') {
+        Some((service, db)) => (service, db),
+        None => (path, ""),
+    };
+    if service.is_empty() {
+        return Err(UrlError::NoService);
+    }
+    let service = decode(service)?;
+    let db = if db.is_empty() {
+        0
+    } else {
+        db.parse().map_err(|_| UrlError::Db(db.to_string()))?
+    };
+    let (mut sentinel_username, mut sentinel_password) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sentinel_username", v)) => sentinel_username = non_empty(decode(v)?),
+            Some(("sentinel_password", v)) => sentinel_password = Some(decode(v)?),
+            _ => return Err(UrlError::Query(pair.to_string())),
+        }
+    }
+    let (host, port) = first.ok_or(UrlError::NoHost)?;
+    Ok(RedisUrl {
+        host,
+        port,
+        username,
+        password,
+        db,
+        sentinel: Some(Sentinel {
+            service,
+            nodes,
+            username: sentinel_username,
+            password: sentinel_password,
+        }),
+    })
+}
+
+type Credentials = (Option<String>, Option<String>);
+
+fn credentials(userinfo: Option<&str>) -> Result<Credentials, UrlError> {
+    Ok(match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, pass)) => (non_empty(decode(user)?), Some(decode(pass)?)),
+            None => (non_empty(decode(info)?), None),
+        },
+    })
+}
+
 fn split_host_port(hostport: &str) -> Result<(&str, u16), UrlError> {
+    split_host_port_or(hostport, DEFAULT_PORT)
+}
+
+fn split_host_port_or(hostport: &str, default_port: u16) -> Result<(&str, u16), UrlError> {
     let (host, port) = if hostport.starts_with('[') {
         match hostport.find(']') {
             Some(end) => {
@@ -114,7 +218,7 @@ fn split_host_port(hostport: &str) -> Result<(&str, u16), UrlError> {
         }
     };
     let port = match port {
-        None => DEFAULT_PORT,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => return Err(UrlError::Port(p.to_string())),
@@ -172,6 +276,57 @@ mod tests {
         assert_eq!(url.password.as_deref(), Some("secret"));
         assert_eq!(url.address(), "[::1]:6380");
         assert_eq!(RedisUrl::parse("redis://[::1]").unwrap().port, DEFAULT_PORT);
+    }
+
+    #[test]
+    fn sentinel_form() {
+        let url = RedisUrl::parse(
+            "redis-sentinel://app:pw@10.0.0.1,10.0.0.2:26380,[::1]/my%2Dmaster/3?sentinel_password=s%40",
+        )
+        .unwrap();
+        let sentinel = url.sentinel.clone().unwrap();
+        assert_eq!(sentinel.service, "my-master");
+        assert_eq!(
+            sentinel.nodes,
+            ["10.0.0.1:26379", "10.0.0.2:26380", "[::1]:26379"]
+        );
+        assert_eq!(sentinel.password.as_deref(), Some("s@"));
+        assert_eq!(sentinel.username, None);
+        assert_eq!(url.username.as_deref(), Some("app"));
+        assert_eq!(url.password.as_deref(), Some("pw"));
+        assert_eq!(url.db, 3);
+        let bare = RedisUrl::parse("redis-sentinel://h/m").unwrap();
+        assert_eq!(bare.sentinel.unwrap().nodes, ["h:26379"]);
+        assert_eq!(bare.db, 0);
+        assert_eq!(RedisUrl::parse("redis://h").unwrap().sentinel, None);
+    }
+
+    #[test]
+    fn sentinel_errors() {
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h"),
+            Err(UrlError::NoService)
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h/"),
+            Err(UrlError::NoService)
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h,/m"),
+            Err(UrlError::NoHost)
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h:0/m"),
+            Err(UrlError::Port("0".into()))
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h/m/x"),
+            Err(UrlError::Db("x".into()))
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-sentinel://h/m?timeout=1"),
+            Err(UrlError::Query("timeout=1".into()))
+        );
     }
 
     #[test]
