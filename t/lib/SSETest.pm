@@ -37,10 +37,10 @@ use parent 'Exporter';
 our @EXPORT = qw(
     start_redis start_nginx nginx_test_conf nginx_conf_text
     sse_connect wait_clients wait_events
-    http_request redis_cmd redis_connect numsub wait_subscribed
+    http_request http_connect form_urlencode redis_cmd redis_connect numsub wait_subscribed
     free_port wait_until rss_kb children_of slurp
     load_sse_function sse_publish start_publisher event_source wait_sources warm_up_sources
-    redis_info start_fake_server
+    redis_info start_fake_server start_tcp_proxy
 );
 
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
@@ -395,6 +395,88 @@ sub _fake_server_loop {
         }
     }
 }
+
+# start_tcp_proxy(to => $port): a TCP relay on a free loopback port (in a
+# child process) to 127.0.0.1:$port, e.g. to cut one nginx off Redis while
+# another keeps its connection. Returns an SSETest::TcpProxy: port, stop
+# (closes every relayed connection and stops listening: connections are
+# refused), start (listens again on the same port).
+sub start_tcp_proxy {
+    my (%o) = @_;
+    my $proxy = bless { to => $o{to} || die("start_tcp_proxy: to required\n"), port => free_port() }, 'SSETest::TcpProxy';
+    return $proxy->start;
+}
+
+sub _tcp_proxy_loop {
+    my ($listener, $to) = @_;
+    my $sel = IO::Select->new($listener);
+    my %peer;
+    while (1) {
+        for my $fh ($sel->can_read(1)) {
+            if ($fh == $listener) {
+                my $c = $listener->accept or next;
+                my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to, Proto => 'tcp');
+                if (!$u) { close $c; next }
+                binmode $_ for $c, $u;
+                @peer{ 0 + $c, 0 + $u } = ($u, $c);
+                $sel->add($c, $u);
+                next;
+            }
+            my $other = $peer{ 0 + $fh } or next;
+            my $n = sysread $fh, my $buf, 65536;
+            if ($n) {
+                while (length $buf) {
+                    my $w = syswrite $other, $buf;
+                    last unless defined $w;
+                    substr($buf, 0, $w, '');
+                }
+                next;
+            }
+            delete @peer{ 0 + $fh, 0 + $other };
+            $sel->remove($fh, $other);
+            close $fh;
+            close $other;
+        }
+    }
+}
+
+package SSETest::TcpProxy;
+
+sub port { $_[0]{port} }
+
+sub start {
+    my ($self) = @_;
+    return $self if $self->{pid};
+    my $listener;
+    for (1 .. 50) {
+        $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $self->{port}, Listen => 128,
+            Proto => 'tcp', ReuseAddr => 1) and last;
+        Time::HiRes::sleep(0.1);
+    }
+    die "tcp proxy: cannot listen on port $self->{port}: $!" unless $listener;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
+        $SIG{PIPE} = 'IGNORE';
+        eval { SSETest::_tcp_proxy_loop($listener, $self->{to}) };
+        POSIX::_exit(0);    # never the parent's END blocks
+    }
+    close $listener;
+    $PROCESS_GROUPS{$pid} = 1;
+    $self->{pid} = $pid;
+    return $self;
+}
+
+sub stop {
+    my ($self) = @_;
+    SSETest::_stop_group($self->{pid}, 'KILL', 5) if $self->{pid};
+    delete $self->{pid};
+    return $self;
+}
+
+sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop if $_[0]{pid} }
 
 package SSETest::FakeServer;
 
@@ -755,6 +837,39 @@ sub error_log_since {
     return substr $self->error_log, $mark || 0;
 }
 
+# workers_of(@connections): for each SSETest::Client or SSETest::HTTPConn
+# (anything with an open {sock}), the pid of the worker of this nginx that
+# holds its server side: the socket whose peer is the client's port (from
+# /proc/net/tcp) is in exactly one worker's descriptor table. undef where it
+# cannot be told (connection closed, /proc not readable).
+sub workers_of {
+    my ($self, @conns) = @_;
+    my %inode_worker;
+    for my $pid ($self->worker_pids) {
+        opendir my $dh, "/proc/$pid/fd" or next;
+        for my $fd (readdir $dh) {
+            my $link = readlink "/proc/$pid/fd/$fd" // next;
+            $inode_worker{$1} = $pid if $link =~ /^socket:\[(\d+)\]$/;
+        }
+    }
+    my %inode_of_client_port;
+    for my $file ('/proc/net/tcp', '/proc/net/tcp6') {
+        open my $fh, '<', $file or next;
+        <$fh>;
+        while (<$fh>) {
+            my @f = split ' ';
+            my ($local) = $f[1] =~ /:([0-9A-F]{4})$/ or next;
+            my ($remote) = $f[2] =~ /:([0-9A-F]{4})$/ or next;
+            $inode_of_client_port{ hex $remote } = $f[9] if hex($local) == $self->{port} && $f[9];
+        }
+    }
+    return map {
+        my $p = $_->{sock} ? $_->{sock}->sockport : undef;
+        my $inode = defined $p ? $inode_of_client_port{$p} : undef;
+        defined $inode ? $inode_worker{$inode} : undef;
+    } @conns;
+}
+
 # Lines of error.log at [alert] or [emerg] (should be none, ever).
 sub alerts {
     my ($self) = @_;
@@ -889,6 +1004,28 @@ sub http_request {
     return $res;
 }
 
+# http_connect($port): one keep-alive HTTP/1.1 connection (SSETest::HTTPConn):
+# its requests all reach the same nginx worker. ->request($method, $path,
+# headers => {..}, body => '..', timeout => s) returns what http_request
+# returns (and { status => 0, error => ... } when the connection fails);
+# ->close.
+sub http_connect { SSETest::HTTPConn->new(@_) }
+
+# form_urlencode([name, value], ...): an application/x-www-form-urlencoded
+# body, encoded as a browser's URLSearchParams does (A-Z a-z 0-9 * - . _ as
+# they are, space as +, every other byte as %XX).
+sub form_urlencode {
+    my @pairs = @_;
+    my $enc = sub {
+        my ($v) = @_;
+        utf8::encode($v) if utf8::is_utf8($v);
+        $v =~ s/([^A-Za-z0-9*\-._ ])/sprintf '%%%02X', ord $1/ge;
+        $v =~ tr/ /+/;
+        return $v;
+    };
+    return join '&', map { $enc->($_->[0]) . '=' . $enc->($_->[1]) } @pairs;
+}
+
 sub _parse_http_response {
     my ($raw, $at_eof) = @_;
     my $end = index $raw, "\r\n\r\n";
@@ -921,6 +1058,49 @@ sub _parse_headers {
     }
     return %headers;
 }
+
+package SSETest::HTTPConn;
+
+use IO::Socket::INET;
+use Time::HiRes qw(time);
+
+sub new {
+    my ($class, $port) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 5)
+        or die "cannot connect to 127.0.0.1:$port: $!";
+    binmode $sock;
+    return bless { port => $port, sock => $sock }, $class;
+}
+
+sub request {
+    my ($self, $method, $path, %opt) = @_;
+    my $sock = $self->{sock} or return { status => 0, error => 'connection closed' };
+    my $timeout = $opt{timeout} || 10;
+    my %h = (Host => 'localhost', %{ $opt{headers} || {} });
+    my $body = $opt{body};
+    $h{'Content-Length'} = length $body if defined $body && !grep { lc($_) eq 'content-length' } keys %h;
+    my $req = "$method $path HTTP/1.1\r\n";
+    $req .= "$_: $h{$_}\r\n" for grep { defined $h{$_} } sort keys %h;
+    $req .= "\r\n" . ($body // '');
+    my $n = syswrite $sock, $req;
+    unless (defined $n && $n == length $req) { $self->close; return { status => 0, error => "write: $!" } }
+    my ($raw, $res) = ('');
+    my $sel = IO::Select->new($sock);
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        my $got = sysread $sock, $raw, 65536, length $raw;
+        if (!$got) { $self->close; last }
+        $res = SSETest::_parse_http_response($raw);
+        last if $res && $res->{complete};
+    }
+    $res = SSETest::_parse_http_response($raw, 1) unless $res && $res->{complete};
+    $self->close if !$res || !$res->{complete} || ($res->{headers}{connection} // '') =~ /close/i;
+    return $res || { status => 0, error => 'no response' };
+}
+
+sub close { CORE::close($_[0]{sock}) if $_[0]{sock}; delete $_[0]{sock}; return }
+sub is_open { $_[0]{sock} ? 1 : 0 }
 
 # ---------------------------------------------------------------------------
 # Chunked transfer-coding decoder (incremental)
@@ -982,6 +1162,9 @@ package SSETest;
 #                                   removes a default header, e.g. Accept)
 #   method   => 'GET'
 #   rcvbuf   => bytes               SO_RCVBUF set before connecting (slow clients)
+#   body     => bytes               a request body (Content-Length is added), so
+#                                   that a POST can be sent without waiting for
+#                                   its answer (status, body_head, wait_eof)
 sub sse_connect { SSETest::Client->new(@_) }
 
 # wait_clients(\@clients, $cond, $timeout): reads from all clients at once
@@ -1035,9 +1218,11 @@ sub new {
         delete $h{$_} for grep { lc $_ eq lc $k } keys %h;
         $h{$k} = $v;
     }
+    $h{'Content-Length'} = length $opt{body}
+        if defined $opt{body} && !grep { lc $_ eq 'content-length' } keys %h;
     my $req = ($opt{method} || 'GET') . " $path HTTP/1.1\r\n";
     $req .= "$_: $h{$_}\r\n" for grep { defined $h{$_} } sort keys %h;
-    $req .= "\r\n";
+    $req .= "\r\n" . ($opt{body} // '');
     my $n = syswrite $sock, $req;
     die "cannot send request: $!" unless defined $n && $n == length $req;
     $sock->blocking(0);
