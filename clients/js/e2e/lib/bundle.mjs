@@ -50,7 +50,8 @@ let cached = null;
 
 /** Builds the pages once per process; returns { dir, ms }. */
 export async function bundlePages() {
-  if (cached) return cached;
+  // (Rebuilt when a previous stack of this process removed its directory.)
+  if (cached && fs.existsSync(cached.dir)) return cached;
   const t0 = Date.now();
   const dir = tempDir('pages');
   const useDist = process.env.E2E_USE_DIST === '1';

@@ -23,7 +23,7 @@ export function missingPrerequisite() {
 // established (status 200), see README "Logs".
 const LOG_FORMAT = `'$msec $status "$request_uri" lei="$http_last_event_id" user="$cookie_user" conn=$connection pid=$pid'`;
 
-export function nginxConf({ prefix, port, redisPort, authPort, pagesDir, workers = 2, extraEvents = '' }) {
+export function nginxConf({ prefix, port, redisPort, authPort, pagesDir, workers = 2, session = true, extraEvents = '' }) {
   return `load_module ${SSE_MODULE};
 daemon off;
 master_process on;
@@ -66,7 +66,28 @@ http {
             sse_channel_patterns on;
             sse_history on;
             sse_retry 1s;
-            sse_heartbeat 5s;${extraEvents}
+            sse_heartbeat 5s;${session ? '\n            sse_session on;' : ''}${extraEvents}
+        }
+
+        # Live channel changes (README "Changing channels without
+        # reconnecting"): the same auth, run again for each change. No
+        # keep-alive here nor on /metrics, as on the pages: the connections
+        # that stay established are the event streams.
+        location = /events/subscribe {
+            keepalive_timeout 0;
+            auth_request /_auth;
+            auth_request_set $sse_user $upstream_http_x_sse_user;
+            auth_request_set $sse_grants $upstream_http_x_sse_channels;
+            sse_subscribe;
+            sse_allow $sse_grants;
+            sse_user $sse_user;
+        }
+
+        location = /metrics {
+            keepalive_timeout 0;
+            sse_metrics;
+            allow 127.0.0.1;
+            deny all;
         }
 
         location = /_auth {
@@ -90,8 +111,8 @@ http {
 }
 
 export class Nginx {
-  constructor({ redisPort, authPort, pagesDir, workers = 2, port } = {}) {
-    Object.assign(this, { redisPort, authPort, pagesDir, workers, port });
+  constructor({ redisPort, authPort, pagesDir, workers = 2, session = true, port } = {}) {
+    Object.assign(this, { redisPort, authPort, pagesDir, workers, session, port });
     this.prefix = tempDir('nginx');
     this.child = null;
     this.logChecked = 0;
@@ -164,6 +185,20 @@ export class Nginx {
 
   /** Access-log lines of /events requests that were refused (non-200). */
   refusedStreams() { return this.accessLog().filter((l) => l.path === '/events' && l.status !== 200); }
+
+  /** Access-log lines of live channel changes (POST /events/subscribe). */
+  changes() { return this.accessLog().filter((l) => l.path === '/events/subscribe'); }
+
+  /** The module's metrics (GET /metrics): { 'name{labels}': value } of the sse_ samples. */
+  async metrics() {
+    const res = await fetch(`http://127.0.0.1:${this.port}/metrics`);
+    const out = {};
+    for (const line of (await res.text()).split('\n')) {
+      const m = /^(sse_\S+)\s+(\S+)$/.exec(line);
+      if (m) out[m[1]] = Number(m[2]);
+    }
+    return out;
+  }
 
   /** Lines of error.log at [alert] or [emerg], or a crashed worker, not yet
    * reported by a previous call. */

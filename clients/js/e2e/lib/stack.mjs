@@ -19,7 +19,7 @@ export function skipReason() {
 }
 
 /** Starts redis, auth and nginx; returns the stack. `log` receives timing lines. */
-export async function startStack({ grants = DEFAULT_GRANTS, workers = 2, log = () => {} } = {}) {
+export async function startStack({ grants = DEFAULT_GRANTS, workers = 2, session = true, log = () => {} } = {}) {
   const t0 = Date.now();
   const stack = { redis: null, auth: null, nginx: null, browser: null, timings: {} };
   const step = (name, since) => { stack.timings[name] = Date.now() - since; };
@@ -52,7 +52,7 @@ export async function startStack({ grants = DEFAULT_GRANTS, workers = 2, log = (
     step('auth', t);
     t = Date.now();
     stack.nginx = await new Nginx({
-      redisPort: stack.redis.port, authPort: stack.auth.port, pagesDir: pages.dir, workers,
+      redisPort: stack.redis.port, authPort: stack.auth.port, pagesDir: pages.dir, workers, session,
     }).start();
     // Every worker subscribes to sse:control once connected to Redis.
     const up = await waitUntil(async () => (await stack.redis.numsub('sse:control'))['sse:control'] >= workers, 10000, 25);
@@ -116,6 +116,7 @@ export class AppPage {
     this.page = page;
     this.stack = stack;
     this.requests = [];
+    this.changes = [];
     this.consoleErrors = [];
     this.pageErrors = [];
     page.on('request', (r) => {
@@ -123,6 +124,11 @@ export class AppPage {
       if (!url.includes('/events')) return;
       const u = new URL(url);
       const h = r.headers();
+      if (u.pathname === '/events/subscribe') {
+        // A live channel change: its form, as sent.
+        this.changes.push({ t: Date.now(), method: r.method(), form: Object.fromEntries(new URLSearchParams(r.postData() || '')) });
+        return;
+      }
       this.requests.push({ t: Date.now(), url: u.pathname + u.search, channels: u.searchParams.get('channels'), lei: h['last-event-id'] ?? null });
     });
     page.on('console', (m) => { if (m.type() === 'error') this.consoleErrors.push(m.text()); });
@@ -235,12 +241,15 @@ async function dumpDiagnostics(stack, log) {
       if (snap.errors.length) log(`page ${i}: errors ${JSON.stringify(snap.errors.slice(0, 8))}`);
     }
     log(`page ${i}: /events requests (last 8) ${JSON.stringify(app.requests.slice(-8))}`);
+    if (app.changes.length) log(`page ${i}: changes (last 8) ${JSON.stringify(app.changes.slice(-8).map((c) => ({ ...c, form: { ...c.form, session: '…' } })))}`);
     const p = app.problems();
     if (p.consoleErrors.length || p.pageErrors.length) log(`page ${i}: ${JSON.stringify(p)}`);
   }
   if (stack.nginx) {
     const ev = stack.nginx.accessLog().filter((l) => l.path === '/events').slice(-12);
     log(`access.log /events (last 12): ${JSON.stringify(ev.map((l) => [l.t, l.status, l.channels, l.lei, l.user]))}`);
+    const ch = stack.nginx.changes().slice(-12);
+    if (ch.length) log(`access.log /events/subscribe (last 12): ${JSON.stringify(ch.map((l) => [l.t, l.status, l.pid]))}`);
     const el = stack.nginx.errorLog.split('\n').filter(Boolean).slice(-25);
     log(`error.log (last 25):\n${el.join('\n')}`);
   }

@@ -8,7 +8,10 @@
 //                                    //   <SSEProvider client>; 'url': <SSEProvider url options>
 //     strict?: boolean,              // wrap everything in <React.StrictMode>
 //     options?: ClientOptions,       // minus url
-//     mount?: Spec[] }               // components mounted at start
+//     mount?: Spec[],                // components mounted at start
+//     wire?: boolean,                // record every event of the streams as received
+//                                    //   (window.__wire: { t, event, id }, sse-session's data left out)
+//     changeDelayMs?: number }       // hold each live change (POST) this long before sending it
 //   Spec = { id: string, sub: string, key?: string, kind?: 'view' | 'listener' }
 //
 // Controls for page.evaluate: window.__app.set(specs), mount(spec),
@@ -27,12 +30,17 @@ type Config = {
   strict?: boolean;
   options?: Omit<ClientOptions, 'url'>;
   mount?: Spec[];
+  wire?: boolean;
+  changeDelayMs?: number;
 };
 type StatusRec = { t: number; s: ConnectionStatus; lastEventId: string | undefined; active: string[] };
 type ViewRec = { status: string; error?: string; lastEventId?: string; count: number; sub: string };
 
+type WireRec = { t: number; event: string; id: string | undefined; data: string };
+
 declare global {
   interface Window {
+    __wire: WireRec[];
     __seen: Record<string, Rec[]>;
     __views: Record<string, ViewRec>;
     __app: any;
@@ -46,6 +54,7 @@ const mountLog: { t: number; v: number; ids: string[] }[] = [];
 const lifecycle: { t: number; id: string; ev: 'mount' | 'unmount' }[] = [];
 window.__seen = {};
 window.__views = {};
+window.__wire = [];
 window.addEventListener('error', (e) => errors.push(`error: ${e.message}`));
 window.addEventListener('unhandledrejection', (e) => errors.push(`unhandledrejection: ${String(e.reason)}`));
 
@@ -180,7 +189,49 @@ function change(f: (specs: Spec[]) => Spec[]): Promise<{ t: number }> {
   });
 }
 
-const options = cfg.options ?? {};
+// The page's fetch, as the client uses it: with `wire`, each stream body is
+// teed and its events recorded as they come off the wire; with
+// `changeDelayMs`, live changes (POST) wait that long before they leave.
+function pageFetch(): typeof fetch {
+  return async (input, init) => {
+    if (cfg.changeDelayMs && init?.method === 'POST') await new Promise((r) => setTimeout(r, cfg.changeDelayMs));
+    const res = await fetch(input, init);
+    if (!cfg.wire || !res.body || !(res.headers.get('content-type') || '').includes('text/event-stream')) return res;
+    const [mine, theirs] = res.body.tee();
+    void (async () => {
+      const reader = mine.getReader();
+      const dec = new TextDecoder();
+      let buf = '';
+      let ev: Partial<WireRec> = {};
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) return;
+          buf += dec.decode(value, { stream: true });
+          let nl;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, nl).replace(/\r$/, '');
+            buf = buf.slice(nl + 1);
+            if (line === '') {
+              if (ev.event !== undefined || ev.data !== undefined) {
+                const event = ev.event ?? 'message';
+                window.__wire.push({ t: Date.now(), event, id: ev.id, data: event === 'sse-session' ? '(token)' : ev.data ?? '' });
+              }
+              ev = {};
+            } else if (line.startsWith('event: ')) ev.event = line.slice(7);
+            else if (line.startsWith('id: ')) ev.id = line.slice(4);
+            else if (line.startsWith('data: ')) ev.data = ev.data === undefined ? line.slice(6) : ev.data + '\n' + line.slice(6);
+          }
+        }
+      } catch {
+        // The client aborted the stream.
+      }
+    })();
+    return new Response(theirs, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+const options: Omit<ClientOptions, 'url'> = cfg.wire || cfg.changeDelayMs ? { ...cfg.options, fetch: pageFetch() } : cfg.options ?? {};
 const ownClient = cfg.provider === 'url' ? null : createClient({ url: '/events', ...options });
 if (ownClient) watchClient(ownClient);
 
@@ -221,6 +272,7 @@ window.__app = {
     lifecycle,
     views: window.__views,
     seen: withSeen ? window.__seen : undefined,
+    wire: withSeen ? window.__wire : undefined,
     errors,
   }),
 };

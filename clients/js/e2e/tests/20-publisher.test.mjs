@@ -70,7 +70,8 @@ class Stream {
       const line = this.buf.slice(0, nl);
       this.buf = this.buf.slice(nl + (this.buf.startsWith('\r\n', nl) ? 2 : 1));
       if (line === '') {
-        if (this.cur.any && this.cur.data.length) {
+        // The session token (the harness has sse_session on) is not a published event.
+        if (this.cur.any && this.cur.data.length && this.cur.event !== 'sse-session') {
           this.events.push({ event: this.cur.event, data: this.cur.data.join('\n'), id: this.cur.id });
         }
         this.cur = { event: 'message', data: [], id: null, any: false };

@@ -59,8 +59,9 @@ export function createClient(options: ClientOptions): Client {
     changed();
   }
 
-  function onEvent(channel: string, data: string, id: string | undefined): void {
-    if (id !== undefined) {
+  function onEvent(channel: string, data: string, id: string | undefined, replay?: boolean): void {
+    // A replay of a channel added in place is below the last id, which stays.
+    if (id !== undefined && !replay) {
       if (!isNewer(id, lastId)) return;
       lastId = id;
       if (o.persist) {

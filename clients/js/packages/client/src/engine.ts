@@ -6,7 +6,10 @@
 
 import { backoffDelay, DEFAULT_BASE_MS, DEFAULT_CAP_MS } from './backoff';
 import { selectRequest } from './demand';
+import { CHANNELS, createSession, SESSION, type Session } from './live';
 import { covers } from './pattern';
+import { NOT_ALLOWED, refusedIn, splitList } from './refusal';
+import { createReplayFilter } from './replay';
 import { runStream, type Outcome } from './transport';
 import type { ClientOptions, ConnectionStatus } from './types';
 
@@ -27,7 +30,8 @@ export interface EngineHooks {
   /** The demanded subscriptions with valid names, in demand order. */
   demand(): string[];
   lastId(): string | undefined;
-  event(channel: string, data: string, id: string | undefined): void;
+  /** `replay`: an event of a channel added in place, below the last id (replay.ts). */
+  event(channel: string, data: string, id: string | undefined, replay?: boolean): void;
   state(s: EngineState): void;
 }
 
@@ -45,7 +49,6 @@ export interface Connection {
 }
 
 export const REFUSED = 'sse-refused';
-const NOT_ALLOWED = 'sse: not allowed: ';
 
 export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
   let status: ConnectionStatus = 'idle';
@@ -62,6 +65,9 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
   let attempt = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let ctrl: AbortController | undefined;
+  /** The open stream's live changes (with `subscribeUrl`). */
+  let session: Session | undefined;
+  const replay = createReplayFilter();
   let paused = false;
 
   /**
@@ -87,6 +93,8 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     timer = undefined;
     ctrl?.abort();
     ctrl = undefined;
+    session?.close();
+    session = undefined;
   };
 
   /** Recomputes the request; reconnects when it changed (or `force`). */
@@ -99,10 +107,15 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     request = next.request;
     if (!request.length) {
       stop();
+      replay.reset();
       if (status !== 'closed') status = 'idle';
       live = [];
       error = undefined;
-    } else if (changed && !timer && !paused && status !== 'closed') return connect();
+    } else if (changed && !timer && !paused && status !== 'closed') {
+      // In place when the stream offers it, else a new stream.
+      if (force || !session?.ready) return connect();
+      session.change();
+    }
     emit();
   }
 
@@ -123,10 +136,25 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     const subs = request;
     const c = (ctrl = new AbortController());
     const headers: Record<string, string> = { Accept: 'text/event-stream', ...o.headers };
-    const id = hooks.lastId();
+    const id = replay.resume(hooks.lastId());
     if (id !== undefined) headers['Last-Event-ID'] = id;
     const url = o.url + (o.url.includes('?') ? '&' : '?') + encodeURIComponent(o.channelsParam ?? 'channels') + '=' + subs.map(encodeURIComponent).join(',');
     const fetchFn = o.fetch || globalThis.fetch;
+    const s = (session = o.subscribeUrl
+      ? createSession(o, subs, replay, {
+          want: () => request,
+          lastId: hooks.lastId,
+          applied(now) {
+            live = request.filter((x) => now.includes(x) && !sticky.has(x));
+            emit();
+          },
+          denied(named, reason) {
+            for (const x of named) sticky.set(x, reason);
+            update();
+          },
+          fallback: connect,
+        })
+      : undefined);
     runStream(fetchFn, { url, headers, credentials: o.credentials ?? 'same-origin', signal: c.signal }, {
       open() {
         if (c.signal.aborted) return;
@@ -139,10 +167,17 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
       retry: (ms) => (serverRetry = ms),
       event(channel, data, eventId) {
         if (c.signal.aborted) return;
-        if (channel !== REFUSED) return hooks.event(channel, data, eventId);
+        // The session's own events are not channels.
+        if (channel === SESSION) return s?.token(data);
+        if (channel === CHANNELS) return s?.channels(data);
+        if (channel !== REFUSED) {
+          const v = replay.verdict(channel, eventId, hooks.lastId());
+          // An old id goes on as such: each tab drops it with its own last id.
+          return hooks.event(channel, data, eventId, v === 'replay');
+        }
         // Not granted (sse_refused drop) or refused by Redis: the stream
         // goes on without them, and they are not asked for again.
-        for (const s of data.split(',')) sticky.set(s.trim(), REFUSED + ': ' + data);
+        for (const x of splitList(data)) sticky.set(x, REFUSED + ': ' + data);
         request = request.filter((s) => !sticky.has(s));
         live = live.filter((s) => !sticky.has(s));
         emit();
@@ -150,6 +185,8 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     }).then((outcome) => {
       if (c.signal.aborted) return;
       ctrl = undefined;
+      s?.close();
+      session = undefined;
       done(outcome, subs);
     });
     emit();
@@ -170,18 +207,7 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     }
     const code = outcome.status;
     const reason = outcome.body || 'HTTP ' + code;
-    let named: string[] = [];
-    if (code === 403 && reason.startsWith(NOT_ALLOWED)) {
-      named = reason.slice(NOT_ALLOWED.length).split(',').map((s) => s.trim());
-    } else if (code === 400) {
-      // The reason quotes the subscription it refuses; an overlap names two,
-      // the second is the one refused.
-      named = subs
-        .filter((s) => reason.includes(`"${s}"`))
-        .sort((a, b) => reason.indexOf(`"${b}"`) - reason.indexOf(`"${a}"`))
-        .slice(0, /overlap/.test(reason) ? 1 : undefined);
-    }
-    named = named.filter((s) => subs.includes(s));
+    const named = refusedIn(code, reason, subs);
     if (named.length) {
       // Those are denied until unsubscribed; the others reconnect at once.
       for (const s of named) sticky.set(s, reason);
@@ -213,6 +239,7 @@ export function createEngine(o: ClientOptions, hooks: EngineHooks): Connection {
     },
     close() {
       stop();
+      replay.reset();
       status = 'closed';
       live = [];
       emit();

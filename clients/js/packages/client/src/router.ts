@@ -37,7 +37,8 @@ export const safely = (f: () => void): void => {
 
 export type Router = Map<string, Set<Entry>>;
 
-const receives = (sub: string, channel: string): boolean =>
+/** Whether a listener of `sub` gets the events of `channel`. */
+export const receives = (sub: string, channel: string): boolean =>
   sub === channel || (isPattern(sub) && matches(sub, channel));
 
 /** Delivers one event (sse-gap included) to its listeners. */

@@ -24,7 +24,7 @@ type Msg =
   /** A new leader: followers, send your demand. */
   | { t: 'h' }
   /** An event, as the leader received it. */
-  | { t: 'e'; c: string; d: string; i: string | undefined }
+  | { t: 'e'; c: string; d: string; i: string | undefined; r: boolean | undefined }
   /** The leader's connection state. */
   | { t: 's'; s: EngineState };
 
@@ -47,7 +47,7 @@ export function createShared(o: ClientOptions, name: string, hooks: EngineHooks)
   };
 
   bc.onmessage = ({ data: m }: MessageEvent<Msg>) => {
-    if (m.t === 'e') hooks.event(m.c, m.d, m.i);
+    if (m.t === 'e') hooks.event(m.c, m.d, m.i, m.r);
     else if (m.t === 's') hooks.state(m.s);
     else if (m.t === 'h') announce();
     else if (engine) {
@@ -64,9 +64,9 @@ export function createShared(o: ClientOptions, name: string, hooks: EngineHooks)
         engine = createEngine(o, {
           demand: () => [...new Set([...hooks.demand(), ...[...peers.values()].flatMap((p) => p.s)])],
           lastId: () => [...peers.values()].reduce((id, p) => laterId(id, p.i), hooks.lastId()),
-          event(c, d, i) {
-            post({ t: 'e', c, d, i });
-            hooks.event(c, d, i);
+          event(c, d, i, r) {
+            post({ t: 'e', c, d, i, r });
+            hooks.event(c, d, i, r);
           },
           state(s) {
             if (!closing) post({ t: 's', s });

@@ -28,6 +28,12 @@ export interface StreamHandlers {
  */
 export type Outcome = undefined | { status: number; body: string } | { error: unknown };
 
+/** The text of an answer: only a text/plain body is a reason (nginx's own error pages are HTML). */
+export async function reasonOf(res: Response): Promise<string> {
+  const type = res.headers.get('content-type') || '';
+  return !type || type.startsWith('text/plain') ? (await res.text().catch(() => '')).trim() : '';
+}
+
 export async function runStream(
   fetchFn: typeof fetch,
   req: StreamRequest,
@@ -42,9 +48,7 @@ export async function runStream(
     });
     const type = res.headers.get('content-type') || '';
     if (res.status !== 200 || (type && !type.includes('text/event-stream'))) {
-      // Only a text/plain body is a reason (nginx's own error pages are HTML).
-      const body = !type || type.startsWith('text/plain') ? await res.text().catch(() => '') : '';
-      return { status: res.status, body: body.trim() };
+      return { status: res.status, body: await reasonOf(res) };
     }
     h.open();
     if (!res.body) return undefined;

@@ -17,6 +17,13 @@ export interface SSEEvent<T = unknown> {
 export interface ClientOptions {
   /** The sse_channel location, e.g. '/events'. */
   url: string;
+  /**
+   * The `sse_subscribe` location, e.g. '/events/subscribe'. When set and the
+   * stream sends `sse-session` (`sse_session on`), demand changes are POSTed
+   * there and applied to the open stream instead of reconnecting; anything
+   * that fails falls back to reconnecting.
+   */
+  subscribeUrl?: string;
   /** Query argument carrying the subscriptions; default 'channels'. */
   channelsParam?: string;
   /** Default 'same-origin'. */

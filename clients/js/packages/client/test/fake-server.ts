@@ -22,6 +22,9 @@ export interface FakeBody {
 
 export interface FakeRequest {
   url: URL;
+  method: string;
+  /** A POST's form body (live channel changes). */
+  form: URLSearchParams;
   /** The decoded subscriptions of the channels argument. */
   channels: string[];
   headers: Headers;
@@ -57,6 +60,8 @@ export function fakeServer(param = 'channels') {
       });
       const req: FakeRequest = {
         url,
+        method: init.method ?? 'GET',
+        form: new URLSearchParams(typeof init.body === 'string' ? init.body : ''),
         channels: (url.searchParams.get(param) ?? '').split(',').filter(Boolean),
         headers: new Headers(init.headers),
         init,

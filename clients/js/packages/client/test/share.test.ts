@@ -55,11 +55,11 @@ async function tick(ms = 0) {
   await settle(10);
 }
 
-function browser(withLocks = true) {
+function browser(withLocks = true, subscribeUrl?: string) {
   if (withLocks) vi.stubGlobal('navigator', { locks: new FakeLocks() });
   const server = fakeServer();
   const tab = (name: string) => {
-    const client = createClient({ url: '/events', fetch: server.fetch, shareAcrossTabs: true });
+    const client = createClient({ url: '/events', fetch: server.fetch, shareAcrossTabs: true, subscribeUrl });
     tabs.push(client);
     const events: string[] = [];
     const listen = (sub: string, opts = {}) =>
@@ -181,6 +181,39 @@ describe('shareAcrossTabs', () => {
     await tick();
     await tick(50);
     expect(server.take().channels).toEqual(['a']);
+  });
+
+  it('a follower\'s new channel is added in place by the leader; its replay below the last id reaches the follower once', async () => {
+    const { server, tab } = browser(true, '/events/subscribe');
+    const A = tab('A');
+    const B = tab('B');
+    A.listen('a');
+    await tick(50);
+    const stream = server.take();
+    const body = stream.open();
+    body.event('sse-session', 'tok');
+    body.event('a', 'a1', 1);
+    await tick();
+    B.listen('b');
+    await tick(50);
+    await tick(50);
+    const post = server.take();
+    expect(post.method).toBe('POST');
+    expect(post.form.get('add')).toBe('b');
+    expect(post.form.get('last_event_id')).toBe('1');
+    body.event('a', 'a3', 3);
+    post.reply(200, 'a,b');
+    body.event('sse-channels', 'a,b');
+    body.event('b', 'b2', 2);
+    body.event('b', 'b2', 2);
+    body.event('b', 'b4', 4);
+    await tick();
+    expect(stream.aborted).toBe(false);
+    expect(A.events).toEqual(['A a a1 #1', 'A a a3 #3']);
+    expect(B.events).toEqual(['B b b2 #2', 'B b b4 #4']);
+    expect(B.client.subscriptionStatus('b')).toEqual({ status: 'live' });
+    expect(B.client.lastEventId).toBe('4');
+    expect(server.pending).toBe(0);
   });
 
   it('without Web Locks every tab has its own connection', async () => {
