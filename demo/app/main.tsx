@@ -136,7 +136,7 @@ function App({ me }: { me: Me }) {
   const workspaces = me.workspaces ?? [];
   const [workspace, setWorkspace] = useState(workspaces[0] ?? 'w1');
   return (
-    <SSEProvider url="/events" options={{ persist: 'session' }}>
+    <SSEProvider url="/events" options={{ persist: 'session', subscribeUrl: '/events/subscribe' }}>
       <header>
         <h1>Datashop live</h1>
         <span>{me.label}</span> <Connection /> <a href="/auth/logout">sign out</a>
