@@ -1,15 +1,20 @@
 # Changing a stream's channels without reconnecting (`sse_session on` on the
-# stream location, `sse_subscribe` on a control location): the stream starts
-# with its token (event sse-session); a POST with session, add, remove and
+# stream location, `sse_subscribe` on a control location), with two nginx (2
+# workers each) on one Redis behind auth_request: the stream starts with its
+# token (event sse-session); a POST with session, add, remove and
 # last_event_id changes it in place, applied on the stream's own worker, on
-# the other worker of the same nginx, or through a second nginx on the same
-# Redis; the stream sees event sse-channels, then the added channels' events,
-# and no more events of the removed ones. A refused change (grants, reserved
-# names, overlaps, sse_max_channels, another user's token) changes nothing;
-# unknown, ended and malformed sessions, other methods and large bodies get
-# their statuses; with history and last_event_id a change under steady
-# publishing loses and repeats nothing; PUBSUB NUMSUB follows the changes;
-# sse_channel_changes_total counts them.
+# the other worker of the same nginx, or through the other nginx; the stream
+# sees event sse-channels, then the added channels' events, and no more
+# events of the removed ones. A refused change (grants, reserved names,
+# overlaps, sse_max_channels, patterns where not served, malformed) changes
+# nothing; another user's token, unknown, ended and malformed sessions, other
+# methods and large bodies get their statuses; the grants of the change
+# request apply; an owner that never answers gives 504, Redis down 503; with
+# history and last_event_id a change under steady publishing loses and
+# repeats nothing; PUBSUB NUMSUB follows the changes (channels and patterns);
+# an HTTP/2 stream is changed like any other; sse_channel_changes_total counts
+# the changes by result. One check is an explicit TODO (see its reason): an
+# open stream whose worker is cut off Redis is answered 404.
 #
 # How a POST is made to reach a chosen worker: both nginx listen with
 # `reuseport`, so the kernel spreads new connections over the workers; the
@@ -23,6 +28,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
+use File::Temp ();
+use POSIX ();
 use SSETest;
 
 # auth_request is not in every nginx build (ngx's vendored nginx lacks it):
@@ -92,6 +99,12 @@ my $server = ($HAVE_AUTH_REQUEST ? qq{
             sse_session on;
             sse_max_channels $MAX_CHANNELS;
             sse_heartbeat 1s;
+        }
+        location = /events-start2 {$guard
+            sse_channel \$arg_channels;
+            sse_history on;
+            sse_history_start 2;
+            sse_session on;
         }
         location = /events-nopat {$guard
             sse_channel \$arg_channels;
@@ -449,12 +462,18 @@ subtest 'the session: another user, unknown, ended, malformed' => sub {
         my $res = change($n, bob => [session => $s->{token}], [add => 'live:s:2']);
         is $res->{status}, 403, "bob with alice's token ($where): 403";
         like $res->{body} // '', qr/\Asse: the session belongs to another user\n?\z/, '... saying so';
+        like $res->{headers}{'content-type'} // '', qr{\Atext/plain\b}, '... in text/plain';
+        if ($HAVE_AUTH_REQUEST) {
+            $res = change($n, undef, [session => $s->{token}], [add => 'live:s:2']);
+            is $res->{status}, 401, "alice's token without credentials ($where): 401 from auth_request";
+        }
         for my $part (qw(secret stream node)) {
             my $t0 = time;
             $res = change($n, alice => [session => altered($s->{token}, $part)], [add => 'live:s:2']);
             my $took = time - $t0;
             is $res->{status}, 404, "a token with another $part ($where): 404";
             like $res->{body} // '', qr/\Asse: unknown session\n?\z/, '... "sse: unknown session"';
+            like $res->{headers}{'content-type'} // '', qr{\Atext/plain\b}, '... in text/plain';
             ok $took < 1, sprintf '... at once (%.3f s)', $took if $part eq 'node';
         }
         for my $bad ('garbage', '', 'a.b', "$s->{token}.x", "$s->{token} x", 'x' x 1000, "\x{e9}$s->{token}") {
@@ -650,6 +669,27 @@ subtest 'with history: a change under steady publishing loses nothing and repeat
     $c->close;
 };
 
+subtest 'without last_event_id an added channel starts as on a new stream (sse_history_start)' => sub {
+    for my $case (['/events', 'the default (newest)', 'hc:start0', 0], ['/events-start2', 'sse_history_start 2', 'hc:start2', 2]) {
+        my ($path, $what, $ch, $n) = @$case;
+        my @old = map { [$ch, "old $_", sse_publish($rp, $ch, "old $_")] } 1 .. 3;
+        my $s = open_stream($A, alice => 'hc:other', path => $path);
+        is $s->{status}, 200, "$what: a stream";
+        my $res = change($B, alice => [session => $s->{token}], [add => $ch]);
+        is $res->{status}, 200, "$what: add=$ch (3 messages in its history) without last_event_id: 200";
+        $applied++;
+        my $ev = $s->{c}->next_event(5);
+        is $ev && $ev->{event}, 'sse-channels', "$what: sse-channels";
+        ok wait_subscribed($rp, $ch, 1, 5), "$what: $ch subscribed";
+        my @want = map { join '|', @$_ } @old[3 - $n .. 2], [$ch, 'live', sse_publish($rp, $ch, 'live')];
+        my @got = map { join '|', $_->{event}, $_->{data}, $_->{own_id} // '-' } $s->{c}->events_until(scalar @want, 5);
+        $s->{c}->drain(0.2);
+        push @got, map { join '|', $_->{event}, $_->{data}, $_->{own_id} // '-' } $s->{c}->events_until(9, 0);
+        is_deeply \@got, \@want, "$what: " . ($n ? "the last $n messages, then" : 'nothing old, only') . ' the live one';
+        $s->{c}->close;
+    }
+};
+
 sub diag_diff {
     my ($got, $want) = @_;
     my %g = map { $_ => 1 } @$got;
@@ -659,6 +699,73 @@ sub diag_diff {
     diag sprintf "got %d, want %d; missing %d: %s; extra %d: %s", scalar(@$got), scalar(@$want),
         scalar(@missing), "@missing[0 .. ($#missing < 5 ? $#missing : 5)]",
         scalar(@extra), "@extra[0 .. ($#extra < 5 ? $#extra : 5)]";
+}
+
+subtest 'patterns can be added and removed' => sub {
+    my $s = open_stream($A, alice => 'live:pt:1');
+    ok wait_subscribed($rp, 'live:pt:1', 1, 5), 'a stream without patterns';
+    ok wait_until(sub { redis_cmd($rp, PUBSUB => 'NUMPAT') == 0 }, 5), 'no pattern subscribed in Redis';
+    my $res = change($B, alice => [session => $s->{token}], [add => 'feed:*']);
+    is $res->{status}, 200, 'add=feed:*: 200';
+    ok wait_until(sub { redis_cmd($rp, PUBSUB => 'NUMPAT') == 1 }, 5), 'feed:* pattern-subscribed (NUMPAT 1)';
+    is $s->{c}->next_event(5)->{event}, 'sse-channels', 'sse-channels';
+    expect_only($s->{c}, 'events of feed:* arrive', [['feed:9' => 'nine'], ['live:pt:1' => 'one']], ['feed:9 nine', 'live:pt:1 one']);
+    $res = change(conn_on($A, -$s->{worker}), alice => [session => $s->{token}], [remove => 'feed:*']);
+    is $res->{status}, 200, 'remove=feed:* (through the other worker): 200';
+    ok wait_until(sub { redis_cmd($rp, PUBSUB => 'NUMPAT') == 0 }, 5), 'the pattern is released (NUMPAT 0)';
+    is $s->{c}->next_event(5)->{event}, 'sse-channels', 'sse-channels';
+    expect_only($s->{c}, 'no more feed events', [['feed:9' => 'nine'], ['live:pt:1' => 'one']], ['live:pt:1 one']);
+    $applied += 2;
+    $s->{c}->close;
+};
+
+SKIP: {
+    my $curl = `command -v curl 2>/dev/null`;
+    chomp $curl;
+    skip 'curl with HTTP/2 is not installed', 1 unless $curl && `$curl -V 2>/dev/null` =~ /\bHTTP2\b/;
+    subtest 'an HTTP/2 stream is changed like any other (POSTs over HTTP/1.1 and HTTP/2)' => sub {
+        my $H = start_nginx(redis => $redis, listen => 'http2', server => q{
+            location = /events    { sse_channel $arg_channels; sse_allow "live:**"; sse_user alice;
+                                    sse_history on; sse_session on; }
+            location = /subscribe { sse_subscribe; sse_allow "live:**"; sse_user alice; }
+        });
+        my $dir = File::Temp::tempdir(CLEANUP => 1);
+        my $curl_bg = sub {
+            my ($name, @args) = @_;
+            my $pid = fork // die "fork: $!";
+            if (!$pid) {
+                open STDOUT, '>', "$dir/$name.out" or POSIX::_exit(127);
+                open STDERR, '>', '/dev/null';
+                { exec {$curl} $curl, '-sN', '--http2-prior-knowledge', '-D', "$dir/$name.head", @args }
+                POSIX::_exit(127);
+            }
+            return $pid;
+        };
+        my $out = sub { slurp("$dir/$_[0].out") };
+        my $pid = $curl_bg->('stream', 'http://127.0.0.1:' . $H->port . '/events?channels=live:h2:1');
+        ok wait_until(sub { $out->('stream') =~ /^event: sse-session\ndata: (\S+)\n\n/m }, 5), 'the HTTP/2 stream sends its token';
+        my ($token) = $out->('stream') =~ /^event: sse-session\ndata: (\S+)\n\n/m;
+        ok wait_subscribed($rp, 'live:h2:1', 1, 5), 'subscribed';
+        my $res = change($B, alice => [session => $token // ''], [add => 'live:h2:2']);
+        is $res->{status}, 200, 'a change through nginx B (HTTP/1.1): 200';
+        ok wait_until(sub { $out->('stream') =~ /^event: sse-channels\ndata: live:h2:1,live:h2:2\n\n/m }, 5),
+            'the HTTP/2 stream gets sse-channels';
+        my $p2 = $curl_bg->('post', '--data-binary', "session=$token&remove=live:h2:1", 'http://127.0.0.1:' . $H->port . '/subscribe');
+        waitpid $p2, 0;
+        like slurp("$dir/post.head"), qr{^HTTP/2 200}m, 'a change POSTed over HTTP/2 on the same worker: 200';
+        is $out->('post'), "live:h2:2\n", '... listing the channels now';
+        ok wait_until(sub { $out->('stream') =~ /^event: sse-channels\ndata: live:h2:2\n\n/m }, 5), 'sse-channels again';
+        ok wait_subscribed($rp, 'live:h2:2', 1, 5) && wait_subscribed($rp, 'live:h2:1', 0, 5), 'Redis follows';
+        sse_publish($rp, 'live:h2:1', 'gone');
+        my $id = sse_publish($rp, 'live:h2:2', 'here');
+        ok wait_until(sub { $out->('stream') =~ /^event: live:h2:2\nid: $id\ndata: here\n\n|^id: $id\nevent: live:h2:2\ndata: here\n\n/m }, 5),
+            'the event of the added channel arrives' or diag $out->('stream');
+        unlike $out->('stream'), qr/data: gone/, 'none of the removed one';
+        $applied++;    # (the HTTP/2 POST counts in nginx H's metrics)
+        $H->quit;
+        waitpid $pid, 0;
+        is $? >> 8, 0, 'curl saw a complete HTTP/2 response at quit';
+    };
 }
 
 # --- grants of the change request ---------------------------------------------------------

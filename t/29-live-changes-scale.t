@@ -28,7 +28,7 @@ load_sse_function($redis);
 
 my $maps = q{
     map $http_authorization $auth_user   { "Bearer alice-token" alice; default ""; }
-    map $http_authorization $auth_grants { "Bearer alice-token" "sc:**, rl:**"; default ""; }
+    map $http_authorization $auth_grants { "Bearer alice-token" "sc:**, rl:**, tg:**"; default ""; }
 };
 my $auth = $HAVE_AUTH_REQUEST ? start_nginx(module => undef, redis_url => undef, workers => 1,
     http => $maps, server => q{
@@ -134,6 +134,47 @@ subtest "$N concurrent changes on $N streams" => sub {
     }
     is scalar(@wrong), 0, "each stream gets its new channel's event (and sc:base's only if it kept it), nothing else"
         or diag join "\n", @wrong[0 .. ($#wrong < 4 ? $#wrong : 4)];
+    $_->close for @s;
+};
+
+subtest 'churn: 21 rounds of add/remove toggles on 20 streams end with Redis subscriptions that match' => sub {
+    my $M = 20;
+    my @s = map { sse_connect($A->port, '/events?channels=tg:base', headers => { Authorization => 'Bearer alice-token' }) } 1 .. $M;
+    is wait_events(\@s, 1, 10), $M, "$M streams with their token";
+    my @tokens = map { my $e = $_->next_event(0); $e ? $e->{data} : '' } @s;
+    my %per_worker;
+    $per_worker{$_ // '?'}++ for $A->workers_of(@s);
+    my $workers = grep { $_ ne '?' } keys %per_worker;
+    my (%status, $rounds);
+    for my $round (1 .. 21) {
+        my $op = $round % 2 ? 'add' : 'remove';
+        my @p = map { post_change($round % 2 ? $A : $B, [session => $tokens[$_]], [$op => "tg:$_,tg:shared"]) } 0 .. $M - 1;
+        wait_clients(\@p, sub { $_[0]{ended} }, 10);
+        $status{ $_->{status} // 'none' }++ for @p;
+        $rounds++;
+    }
+    is_deeply \%status, { 200 => 21 * $M }, "all " . 21 * $M . ' changes answered 200';
+    my $want = { 'tg:shared' => $workers, map { ("tg:$_" => 1) } 0 .. $M - 1 };
+    ok wait_until(sub { my $n = numsub($rp, keys %$want); !grep { $n->{$_} != $want->{$_} } keys %$want }, 5),
+        "after an odd number of toggles: each tg:i subscribed once, tg:shared once per worker ($workers)"
+        or diag explain numsub($rp, keys %$want);
+    wait_clients(\@s, sub { 0 }, 0.3);
+    my @last = map { my ($e) = reverse grep { $_->{event} eq 'sse-channels' } $_->all_events; $e ? set_of($e->{data}) : '' } @s;
+    is scalar(grep { $last[$_] ne join ',', sort "tg:$_", 'tg:base', 'tg:shared' } 0 .. $M - 1), 0,
+        "each stream's last sse-channels lists tg:base, tg:shared and its tg:i";
+    $_->events_until($_->pending_events, 0) for @s;
+    my $conn = redis_connect($rp);
+    $conn->pipeline((map { [FCALL => sse_publish => 0, "tg:$_", "mine $_"] } 0 .. $M - 1), [FCALL => sse_publish => 0, 'tg:shared', 'all']);
+    $conn->close;
+    is wait_events(\@s, 2, 5), $M, 'each stream gets two events';
+    wait_clients(\@s, sub { 0 }, 0.3);
+    my @wrong = grep { my @e = map { "$_->{event} $_->{data}" } $s[$_]->events_until(9, 0); "@e" ne "tg:$_ mine $_ tg:shared all" } 0 .. $M - 1;
+    is scalar(@wrong), 0, 'its own channel\'s event and the shared one, nothing else';
+    my @p = map { post_change($B, [session => $tokens[$_]], [remove => "tg:$_,tg:shared"]) } 0 .. $M - 1;
+    is wait_clients(\@p, sub { ($_[0]{status} // 0) == 200 && $_[0]{ended} }, 10), $M, 'one more toggle (remove): 200';
+    ok wait_until(sub { my $n = numsub($rp, keys %$want); !grep { $_ } values %$n }, 5),
+        'then no tg:i and no tg:shared subscription is left in Redis'
+        or diag explain numsub($rp, keys %$want);
     $_->close for @s;
 };
 
