@@ -6,7 +6,9 @@
 # `nginx -s reload` of both nginx while changes keep coming: every POST is
 # answered (200, 404, 503 or 504; none hangs), nothing is logged at [alert],
 # the old workers exit, and every client reconnects like EventSource, gets a
-# new session token, and can be changed again.
+# new session token, and can be changed again. Also: rounds of concurrent
+# add/remove toggles leave Redis subscriptions matching the streams, and
+# clients that abandon their POST (waiting or not) crash nothing.
 use strict;
 use warnings;
 use FindBin;
@@ -28,7 +30,7 @@ load_sse_function($redis);
 
 my $maps = q{
     map $http_authorization $auth_user   { "Bearer alice-token" alice; default ""; }
-    map $http_authorization $auth_grants { "Bearer alice-token" "sc:**, rl:**, tg:**"; default ""; }
+    map $http_authorization $auth_grants { "Bearer alice-token" "sc:**, rl:**, tg:**, gu:**"; default ""; }
 };
 my $auth = $HAVE_AUTH_REQUEST ? start_nginx(module => undef, redis_url => undef, workers => 1,
     http => $maps, server => q{
@@ -68,6 +70,10 @@ my %conf = (redis => $redis, workers => 2, listen => 'reuseport backlog=1024',
             sse_subscribe;
             sse_subscribe_timeout 5s;
         }
+        location = /events/subscribe-1s {$guard
+            sse_subscribe;
+            sse_subscribe_timeout 1s;
+        }
 });
 my $A = start_nginx(%conf);
 my $B = start_nginx(%conf);
@@ -79,7 +85,8 @@ my %HEADERS = (Authorization => 'Bearer alice-token', 'Content-Type' => 'applica
 # status, body_head and end tell the answer.
 sub post_change {
     my ($nginx, @pairs) = @_;
-    return sse_connect($nginx->port, '/events/subscribe', method => 'POST', headers => \%HEADERS,
+    my $path = @pairs >= 2 && $pairs[-2] eq 'path' ? (splice @pairs, -2)[1] : '/events/subscribe';
+    return sse_connect($nginx->port, $path, method => 'POST', headers => \%HEADERS,
         body => form_urlencode(@pairs));
 }
 
@@ -176,6 +183,30 @@ subtest 'churn: 21 rounds of add/remove toggles on 20 streams end with Redis sub
         'then no tg:i and no tg:shared subscription is left in Redis'
         or diag explain numsub($rp, keys %$want);
     $_->close for @s;
+};
+
+subtest 'clients that give up on their change: workers carry on' => sub {
+    my @workers = ($A->worker_pids, $B->worker_pids);
+    my $s = sse_connect($A->port, '/events?channels=gu:base', headers => { Authorization => 'Bearer alice-token' });
+    my $e = $s->next_event(5);
+    my $token = $e && $e->{event} eq 'sse-session' ? $e->{data} : '';
+    ok length $token, 'a stream with its token';
+    # Changes waiting for a node that never answers, and changes for the
+    # stream through either nginx, each abandoned right after it is sent.
+    my $silent_node = sprintf '%08x%08x', int(rand(2**32)), int(rand(2**32));
+    my $silent = redis_connect($rp);
+    $silent->cmd(SUBSCRIBE => "sse:node:$silent_node");
+    $_->close for map { post_change($B, [session => "$silent_node.$_." . ('ef' x 16)], [add => 'gu:x'], path => '/events/subscribe-1s') } 1 .. 20;
+    $_->close for map { post_change($_ % 2 ? $A : $B, [session => $token], [$_ % 4 < 2 ? 'add' : 'remove' => 'gu:y']) } 1 .. 100;
+    sleep 0.3;
+    my $p = post_change($B, [session => $token], [add => 'gu:z']);
+    is $p->status, 200, 'a change after them: 200';
+    like set_of($p->body_head), qr/\Agu:base,(?:gu:y,)?gu:z\z/, '... listing the channels now';
+    ok !$s->{ended}, 'the stream is open';
+    sleep 1.5;    # past sse_subscribe_timeout (1s) of the abandoned ones
+    is_deeply [$A->worker_pids, $B->worker_pids], \@workers, 'the same workers run (none crashed)';
+    $s->close;
+    $silent->close;
 };
 
 subtest 'reload of both nginx while changes are in flight' => sub {
