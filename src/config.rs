@@ -563,9 +563,10 @@ impl ConfError {
 /// (`ngx_parse_url`, as `proxy_pass` does).
 unsafe fn redis_target(cf: *mut ngx_conf_t, value: &str) -> Result<RedisTarget, ConfError> {
     let url = RedisUrl::parse(value).map_err(|e| ConfError::BadRedisUrl(value.to_string(), e))?;
-    let addresses = match &url.sentinel {
-        Some(sentinel) => sentinel.nodes.clone(),
-        None => vec![url.address()],
+    let addresses = match (&url.sentinel, &url.cluster) {
+        (Some(sentinel), _) => sentinel.nodes.clone(),
+        (None, Some(seeds)) => seeds.clone(),
+        (None, None) => vec![url.address()],
     };
     let mut peers = Vec::with_capacity(addresses.len());
     for address in addresses {
@@ -836,6 +837,16 @@ pub unsafe extern "C" fn merge_loc_conf(
     if !lcf.channels.is_empty() {
         // SAFETY: `cf` is the configuration being merged.
         if let Some(main) = crate::SseModule::main_conf_mut(unsafe { &*cf }) {
+            let cluster = main.redis.as_ref().is_some_and(|r| r.url.cluster.is_some());
+            if cluster && lcf.history == 1 {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"sse_history\" in location {} needs a standalone Redis or Sentinel: with a \"redis-cluster://\" sse_redis_url, streams are live only (history in a cluster is not supported yet)",
+                    lcf.location
+                );
+                return NGX_CONF_ERROR as *mut c_char;
+            }
             main.history_used |= lcf.history == 1;
             main.sessions_used |= lcf.session == 1;
         }

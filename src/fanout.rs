@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use ngx::ffi::{NGX_LOG_ERR, NGX_LOG_WARN};
 use ngx::ngx_log_error;
 use sse_core::channel;
+use sse_core::cluster::Topology;
 use sse_core::envelope::{self, Control, CONTROL_CHANNEL};
 use sse_core::frame;
 use sse_core::registry::Registry;
@@ -22,7 +23,7 @@ use sse_core::session::{self, Answer, Change, NodeMessage};
 use crate::frame::{Frame, REFUSED_EVENT};
 use crate::metrics;
 use crate::ngx_ext::cycle_log;
-use crate::redis::{CommandsSink, Request, SubscriberSink};
+use crate::redis::{ClusterMap, CommandsSink, Request, SubscriberSink};
 use crate::replay::Phase;
 use crate::stream::{Stream, StreamKey};
 use sse_core::metrics::Counter;
@@ -47,6 +48,30 @@ pub struct Effects {
     /// Receiver counts of this worker's forwarded changes (`None`: Redis
     /// refused the PUBLISH).
     pub published: Vec<(u64, Option<i64>)>,
+    /// Redis Cluster: channels a shard sent away (moved slots).
+    pub moved: Vec<Box<[u8]>>,
+    /// Redis Cluster: the topology that CLUSTER SLOTS answered.
+    pub topology: Option<Topology>,
+    /// Redis Cluster: a shard connection is down.
+    pub shard_down: bool,
+}
+
+/// Which of the fan-out's keys a subscriber connection carries.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every key (the main subscriber, plain pub/sub).
+    All,
+    /// Redis Cluster, a shard: the channels its master serves.
+    Shard(&'a ClusterMap, usize),
+}
+
+impl Scope<'_> {
+    fn includes(&self, key: &[u8]) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Shard(map, shard) => map.shard_for(key) == Some(*shard),
+        }
+    }
 }
 
 /// The worker as its Redis connections see it while they handle an event.
@@ -66,6 +91,8 @@ pub struct Fanout<'a> {
     pub max_message: usize,
     /// This worker's node channel (live changes).
     pub node_channel: &'a [u8],
+    /// The keys of the connection whose event is handled.
+    pub scope: Scope<'a>,
 }
 
 /// A registered stream. Registered streams are live, and nothing here runs
@@ -215,7 +242,15 @@ impl SubscriberSink for Fanout<'_> {
     }
 
     fn keys(&self) -> Vec<Vec<u8>> {
-        self.registry.keys().map(<[u8]>::to_vec).collect()
+        self.registry
+            .keys()
+            .filter(|k| self.scope.includes(k))
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    fn moved(&mut self, key: &[u8]) {
+        self.effects.moved.push(key.into());
     }
 
     fn resubscribed(&mut self) {
@@ -280,6 +315,19 @@ impl CommandsSink for Fanout<'_> {
 
     fn published(&mut self, tag: u64, receivers: Option<i64>) {
         self.effects.published.push((tag, receivers));
+    }
+
+    fn topology(&mut self, value: &Value<'_>) {
+        match Topology::parse(value) {
+            Some(topology) => self.effects.topology = Some(topology),
+            None => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: CLUSTER SLOTS answered something else than a topology; asking again"
+                );
+            }
+        }
     }
 
     fn reply(&mut self, request: Request, value: &Value<'_>) {

@@ -36,14 +36,14 @@ use sse_core::pattern::Pattern;
 use sse_core::registry::Registry;
 use sse_core::session::{self, Answer, Change, ChangeError, CHANNELS_EVENT};
 
-use crate::fanout::{Effects, Fanout};
+use crate::fanout::{Effects, Fanout, Scope};
 use crate::frame::Frame;
 use crate::metrics;
 use crate::ngx_ext::{cycle_log, random_bytes};
 use crate::redis::connection::auth_args;
 use crate::redis::{
-    self, Commands, Connection, Peer, RedisEvent, Request, Role, SentinelSink, SentinelWatch,
-    Subscriber,
+    self, Commands, Connection, Link, Peer, RedisEvent, Request, Role, SentinelSink, SentinelWatch,
+    Shards, Subscriber,
 };
 use crate::replay::Phase;
 use crate::stream::{self, Stream, StreamKey};
@@ -69,6 +69,10 @@ struct Worker {
     /// The Sentinel watch (`redis-sentinel://`), and the master it named.
     sentinel: Option<Box<Connection<SentinelWatch>>>,
     master: Option<Peer>,
+    /// Redis Cluster (`redis-cluster://`): the sharded subscribers, and
+    /// the timer that reads the topology again.
+    shards: Option<Shards>,
+    topology_timer: Option<Box<ngx_event_t>>,
     /// `sse_redis_prefix`.
     prefix: String,
     /// `sse_max_message_size`: larger messages are skipped.
@@ -166,7 +170,14 @@ pub unsafe fn change(
             let (status, body) = w.apply_change(&change);
             return ChangeOutcome::Done(status, body);
         }
-        let Some(commands) = w.commands.as_mut().filter(|c| c.is_ready()) else {
+        // The answer comes on this worker's node channel: forward only once
+        // the subscriber listens there (after Redis came back, the commands
+        // connection may be up first).
+        let Some(commands) = w
+            .commands
+            .as_mut()
+            .filter(|c| c.is_ready() && w.subscriber.is_ready())
+        else {
             return ChangeOutcome::Done(503, b"sse: redis is unavailable\n".to_vec());
         };
         w.next_change += 1;
@@ -263,7 +274,7 @@ pub fn register(key: StreamKey) {
         w.streams.insert(s.id, key);
         let new = w.registry.subscribe(key, s.keys());
         if !new.is_empty() {
-            w.subscriber.subscribe(&new);
+            w.subscribe_keys(&new);
             metrics::gauge_set(Gauge::RedisSubscriptions, w.registry.key_count() as i64);
         }
         if let Some(replay) = s.replay.as_mut() {
@@ -286,7 +297,7 @@ fn unregister(key: StreamKey, id: u64, keys: &[Box<[u8]>]) {
         w.streams.remove(&id);
         let gone = w.registry.unsubscribe(key, keys);
         if !gone.is_empty() && !w.exiting {
-            w.subscriber.unsubscribe(&gone);
+            w.unsubscribe_keys(&gone);
         }
         if !gone.is_empty() {
             metrics::gauge_set(Gauge::RedisSubscriptions, w.registry.key_count() as i64);
@@ -324,8 +335,8 @@ fn on_sentinel_event(event: RedisEvent, ev: *mut ngx_event_t) {
 }
 
 /// The Redis connections' event hook.
-fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
-    if role == Role::Sentinel {
+fn on_redis_event(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
+    if link.role == Role::Sentinel {
         return on_sentinel_event(event, ev);
     }
     let Some((batch, revoked, refused, answers)) = with(|w| {
@@ -342,8 +353,17 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 prefix,
                 max_message,
                 node_channel,
+                shards,
                 ..
             } = &mut *w;
+            let (map, shard_conns) = match shards {
+                Some(Shards { map, conns, .. }) => (Some(&*map), Some(conns)),
+                None => (None, None),
+            };
+            let scope = match (map, link.shard) {
+                (Some(map), i) if i > 0 => Scope::Shard(map, i - 1),
+                _ => Scope::All,
+            };
             let mut fanout = Fanout {
                 registry,
                 streams,
@@ -354,15 +374,26 @@ fn on_redis_event(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
                 prefix: prefix.as_bytes(),
                 max_message: *max_message,
                 node_channel,
+                scope,
             };
-            match role {
-                Role::Subscriber => subscriber.handle(event, ev, &mut fanout),
-                Role::Commands => {
+            match (link.role, link.shard) {
+                (Role::Subscriber, 0) => subscriber.handle(event, ev, &mut fanout),
+                (Role::Subscriber, i) => {
+                    let conn = shard_conns
+                        .and_then(|c| c.get_mut(i - 1))
+                        .and_then(Option::as_mut);
+                    if let Some(conn) = conn {
+                        conn.handle(event, ev, &mut fanout);
+                        // A shard down: its master may be failing over.
+                        fanout.effects.shard_down |= !conn.is_ready();
+                    }
+                }
+                (Role::Commands, _) => {
                     if let Some(commands) = commands.as_mut() {
                         commands.handle(event, ev, &mut fanout);
                     }
                 }
-                Role::Sentinel => {}
+                (Role::Sentinel, _) => {}
             }
         }
         w.apply(&mut effects);
@@ -442,6 +473,24 @@ impl Worker {
         if effects.barrier && self.subscriber.barrier(self.barrier_token + 1) {
             self.barrier_token += 1;
         }
+        if effects.shard_down {
+            self.hurry_topology();
+        }
+        if let Some(shards) = self.shards.as_mut() {
+            for key in effects.moved.drain(..) {
+                shards.moved(&key);
+            }
+            if shards.stale {
+                if let Some(commands) = self.commands.as_mut() {
+                    commands.ask_topology();
+                }
+            }
+            if let Some(topology) = effects.topology.take() {
+                if shards.apply(topology, self.registry.keys()) {
+                    sse_debug!(cycle_log(), "sse: cluster topology applied");
+                }
+            }
+        }
         for change in mem::take(&mut effects.changes) {
             let (status, body) = self.apply_change(&change);
             let answer = Answer {
@@ -511,8 +560,11 @@ impl Worker {
         let mut failed: Vec<(u64, u16, &[u8])> = Vec::new();
         for (tag, receivers) in mem::take(&mut effects.published) {
             match receivers {
-                // No worker listens on that node channel any more.
-                Some(0) => failed.push((tag, 404, b"sse: unknown session\n")),
+                // No worker listens on that node channel any more (in a
+                // cluster, the count covers one node only: wait).
+                Some(0) if self.shards.is_none() => {
+                    failed.push((tag, 404, b"sse: unknown session\n"))
+                }
                 Some(_) => {}
                 None => failed.push((tag, 503, b"sse: redis is unavailable\n")),
             }
@@ -566,11 +618,11 @@ impl Worker {
         let changed = s.change(subscriptions, grants);
         let gone = self.registry.unsubscribe(key, &changed.gone);
         if !gone.is_empty() {
-            self.subscriber.unsubscribe(&gone);
+            self.unsubscribe_keys(&gone);
         }
         let new = self.registry.subscribe(key, &changed.new);
         if !new.is_empty() {
-            self.subscriber.subscribe(&new);
+            self.subscribe_keys(&new);
         }
         metrics::gauge_set(Gauge::RedisSubscriptions, self.registry.key_count() as i64);
 
@@ -650,8 +702,68 @@ impl Worker {
         self.master = Some(peer);
     }
 
+    /// Redis Cluster: reads the topology again soon, sooner while unsettled.
+    fn arm_topology_timer(&mut self) {
+        let (Some(timer), Some(shards)) = (self.topology_timer.as_mut(), self.shards.as_ref())
+        else {
+            return;
+        };
+        if self.exiting {
+            return;
+        }
+        let delay = if shards.stale || !shards.all_ready() {
+            TOPOLOGY_UNSETTLED_MS
+        } else {
+            TOPOLOGY_CALM_MS
+        };
+        // SAFETY: the worker's own boxed timer; re-adding moves it.
+        unsafe { ngx_add_timer(&mut **timer, delay) };
+    }
+
+    /// Redis Cluster: something is off; read the topology within
+    /// [`TOPOLOGY_UNSETTLED_MS`] rather than at the calm pace.
+    fn hurry_topology(&mut self) {
+        let Some(timer) = self.topology_timer.as_mut() else {
+            return;
+        };
+        // SAFETY: nginx's clock, read on the worker thread.
+        let soon = unsafe { ngx::ffi::ngx_current_msec } + TOPOLOGY_UNSETTLED_MS;
+        if self.exiting || (timer.timer_set() != 0 && timer.timer.key <= soon) {
+            return;
+        }
+        // SAFETY: the worker's own boxed timer; re-adding moves it.
+        unsafe { ngx_add_timer(&mut **timer, TOPOLOGY_UNSETTLED_MS) };
+    }
+
+    /// Subscribes new fan-out keys on the main connection (plain pub/sub)
+    /// and, with Redis Cluster, channels also on their shard (sharded
+    /// pub/sub): a message comes one way or the other, as it was published
+    /// (SPUBLISH or PUBLISH), never both.
+    fn subscribe_keys(&mut self, keys: &[&[u8]]) {
+        self.subscriber.subscribe(keys);
+        if let Some(shards) = self.shards.as_mut() {
+            shards.subscribe(keys);
+        }
+    }
+
+    fn unsubscribe_keys(&mut self, keys: &[&[u8]]) {
+        self.subscriber.unsubscribe(keys);
+        if let Some(shards) = self.shards.as_mut() {
+            shards.unsubscribe(keys);
+        }
+    }
+
     fn close_redis(&mut self) {
         self.subscriber.close();
+        if let Some(shards) = self.shards.as_mut() {
+            shards.close();
+        }
+        if let Some(timer) = self.topology_timer.as_mut() {
+            if timer.timer_set() != 0 {
+                // SAFETY: the worker's own timer.
+                unsafe { ngx_del_timer(&mut **timer) };
+            }
+        }
         if let Some(sentinel) = self.sentinel.as_mut() {
             sentinel.close();
         }
@@ -729,29 +841,46 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         Some(_) => Vec::new(),
         None => target.peers.clone(),
     };
+    let cluster = url.cluster.is_some();
     let subscriber = Connection::new(
         data_peers.clone(),
         auth.clone(),
-        Role::Subscriber,
+        Link::main(Role::Subscriber),
         Subscriber::new(main.sessions_used.then(|| node_channel.clone())),
     );
-    let commands = (main.history_used || main.sessions_used).then(|| {
+    // With Redis Cluster the commands connection also reads the topology.
+    let commands = (main.history_used || main.sessions_used || cluster).then(|| {
         // After a failover, ids restart in a new epoch (redis/sse.lua).
         let epochs = url.sentinel.as_ref().map(|_| main.prefix().to_string());
+        // A cluster's function would have to be loaded on every master
+        // (and history is not supported there yet).
+        let function = (!cluster).then_some(PUBLISH_FUNCTION);
+        let mut protocol = Commands::new(function, url.db, epochs);
+        protocol.cluster = cluster;
         Connection::new(
             data_peers,
-            auth,
-            Role::Commands,
-            Commands::new(Some(PUBLISH_FUNCTION), url.db, epochs),
+            auth.clone(),
+            Link::main(Role::Commands),
+            protocol,
         )
     });
     let sentinel = url.sentinel.as_ref().map(|s| {
         Connection::new(
             target.peers.clone(),
             auth_args(s.username.as_deref(), s.password.as_deref()),
-            Role::Sentinel,
+            Link::main(Role::Sentinel),
             SentinelWatch::new(&s.service),
         )
+    });
+    let shards = cluster.then(|| Shards::new(auth));
+    let topology_timer = cluster.then(|| {
+        // SAFETY: all-zero is the initial state of an nginx event.
+        let mut ev: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
+        ev.handler = Some(topology_tick);
+        ev.log = cycle.log;
+        // The timer never keeps an exiting worker alive.
+        ev.set_cancelable(1);
+        ev
     });
     let shutdown_watch = new_shutdown_watch(cycle);
     stream::set_end_hook(unregister);
@@ -765,6 +894,8 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             commands,
             sentinel,
             master: None,
+            shards,
+            topology_timer,
             prefix: main.prefix().to_string(),
             max_message: main.max_message,
             barrier_token: 0,
@@ -778,10 +909,25 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             exiting: false,
         })
     });
-    on_redis_event(Role::Sentinel, RedisEvent::Start, ptr::null_mut());
-    on_redis_event(Role::Subscriber, RedisEvent::Start, ptr::null_mut());
-    on_redis_event(Role::Commands, RedisEvent::Start, ptr::null_mut());
+    for role in [Role::Sentinel, Role::Subscriber, Role::Commands] {
+        on_redis_event(Link::main(role), RedisEvent::Start, ptr::null_mut());
+    }
+    with(Worker::arm_topology_timer);
     NGX_OK as ngx_int_t
+}
+
+/// Redis Cluster: how often the topology is read while all is well, and
+/// while something is off (a shard down, a slot moved, slots unserved).
+const TOPOLOGY_CALM_MS: ngx_msec_t = 10_000;
+const TOPOLOGY_UNSETTLED_MS: ngx_msec_t = 500;
+
+unsafe extern "C" fn topology_tick(_ev: *mut ngx_event_t) {
+    with(|w| {
+        if let Some(commands) = w.commands.as_mut() {
+            commands.ask_topology();
+        }
+        w.arm_topology_timer();
+    });
 }
 
 fn new_shutdown_watch(cycle: &ngx_cycle_t) -> *mut ngx_connection_t {

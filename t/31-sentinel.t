@@ -26,9 +26,7 @@
 #      in id order, with an sse-gap naming every channel that has new-epoch
 #      events before the first of them, and nothing acknowledged (including
 #      what the new master lacks) is skipped silently. Resuming from a lost
-#      id gives sse-gap on every channel, then the new-epoch events. Two
-#      checks here are explicit TODOs (see $RESUME_TODO): the server sends no
-#      sse-gap at the epoch boundary inside such a replay.
+#      id gives sse-gap on every channel, then the new-epoch events.
 #   4. The old master comes back as a replica; SENTINEL FAILOVER (manual, the
 #      old master alive) promotes it again: the workers follow +switch-master
 #      (log line), their data connections (subscriber and commands) all go to
@@ -55,16 +53,9 @@ use SSETest;
 our $TODO;
 my $EPOCH   = 1_000_000_000_000;
 
-# Known server deviation (see part 5): a resume from an id of the old epoch
-# gets no sse-gap when its channels still have old-epoch entries after that
-# id on the new master. plan_resume (crates/sse-core/src/history.rs) only
-# compares the first entry's prev with the resume id, and Replay::complete's
-# epoch check (sent_before > 0) does not apply to a fresh connection's
-# resume, so the epoch start recorded as prev on each channel's first
-# new-epoch entry is never looked at: what the old master acknowledged last
-# and the new one lacks is skipped silently.
-my $RESUME_TODO = 'server: a resume from an old-epoch id with old-epoch entries after it gets no sse-gap '
-    . 'at the epoch boundary (only the first entry\'s prev is checked)';
+# Part 5 once found a silent hole: a resume compared only the first replayed
+# entry's prev with the resume id, not the chain after it (now
+# history::plan_resume checks every link).
 my $SERVICE = 'mymaster';
 my $WORKERS = 2;
 my @CHANS   = qw(fo:a fo:b fo:c fo:d);
@@ -689,7 +680,6 @@ subtest 'resume across the failover with the Last-Event-ID of the old master' =>
     my @with_new = grep { my $ch = $_; grep { $_->{ch} eq $ch && $_->{id} >= $EPOCH } @history_r } @CHANS;
     ok defined $i, 'it reaches the new epoch';
     {
-        local $TODO = $RESUME_TODO;
         is_deeply [ grep { !$gapped{$_} } @with_new ], [], 'before it, an sse-gap names every channel with new-epoch events ('
             . join(',', @with_new) . ')'
             or diag sprintf "%d sse-gap events among the %d events before the first new-epoch one; the first ones and those around it:\n%s",
@@ -703,7 +693,7 @@ subtest 'resume across the failover with the Last-Event-ID of the old master' =>
     check_delivery('resume across the failover (old connection + resumed one)',
         [ { name => 'returning client', chans => [@CHANS],
             events => [ (map { +{ %$_, conn => 0 } } $leaver->all_events), map { +{ %$_, conn => 1 } } @ev ] } ],
-        \@acked, \%maybe, \%IDS, todo_silent => $RESUME_TODO);
+        \@acked, \%maybe, \%IDS);
     $c->close;
 
     # From the last id the old master acknowledged, which the new one never

@@ -30,6 +30,8 @@ pub trait CommandsSink {
     /// How many subscribers a tagged PUBLISH reached (`None`: Redis
     /// refused it).
     fn published(&mut self, tag: u64, receivers: Option<i64>);
+    /// Redis Cluster: the answer to CLUSTER SLOTS.
+    fn topology(&mut self, value: &Value<'_>);
 }
 
 /// What a reply on the commands connection answers.
@@ -49,6 +51,8 @@ enum Pending {
     Request(Request),
     /// A PUBLISH; tagged when someone waits for its receiver count.
     Publish(Option<u64>),
+    /// CLUSTER SLOTS.
+    Topology,
 }
 
 pub struct Commands {
@@ -61,6 +65,8 @@ pub struct Commands {
     /// With Sentinel: the prefix whose ids get a new epoch after a
     /// failover (`FCALL sse_epochs`, redis/sse.lua).
     epochs: Option<String>,
+    /// Redis Cluster: ask for the topology when connected.
+    pub cluster: bool,
     /// Requests whose connection broke before their reply, for the worker
     /// to send again.
     lost: Vec<Request>,
@@ -77,6 +83,7 @@ impl Commands {
             function,
             db,
             epochs,
+            cluster: false,
             lost: Vec::new(),
             lost_publishes: Vec::new(),
             function_error: Vec::new(),
@@ -133,6 +140,10 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
             );
             self.pending.push_back(Pending::FunctionLoad);
         }
+        if self.cluster {
+            resp::encode_command(out, &[&b"CLUSTER"[..], b"SLOTS"]);
+            self.pending.push_back(Pending::Topology);
+        }
         resp::encode_command(out, &[b"PING"]);
         self.pending.push_back(Pending::Ready);
     }
@@ -140,6 +151,7 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
     fn reply(&mut self, value: &Value<'_>, sink: &mut S) -> Result<bool, String> {
         match (self.pending.pop_front(), value) {
             (Some(Pending::Request(request)), _) => sink.reply(request, value),
+            (Some(Pending::Topology), _) => sink.topology(value),
             (Some(Pending::Publish(tag)), _) => {
                 let receivers = match value {
                     Value::Integer(n) => Some(*n),
@@ -222,6 +234,18 @@ impl Connection<Commands> {
         }
         resp::encode_command(&mut self.wbuf, &[b"PUBLISH", channel, payload]);
         self.protocol.pending.push_back(Pending::Publish(tag));
+        true
+    }
+
+    /// Redis Cluster: asks for the topology (answered to
+    /// [`CommandsSink::topology`]). False if the connection is not up.
+    pub fn ask_topology(&mut self) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        resp::encode_command(&mut self.wbuf, &[&b"CLUSTER"[..], b"SLOTS"]);
+        self.protocol.pending.push_back(Pending::Topology);
+        self.write_out();
         true
     }
 

@@ -25,7 +25,9 @@ use ngx::ngx_log_error;
 use sse_core::backoff::Backoff;
 use sse_core::resp::{self, Scanner, Value};
 
-use super::{ping_handler, read_handler, reconnect_handler, write_handler, Peer, RedisEvent, Role};
+use super::{
+    ping_handler, read_handler, reconnect_handler, write_handler, Link, Peer, RedisEvent, Role,
+};
 use crate::metrics;
 use crate::ngx_ext::cycle_log;
 use sse_core::metrics::{Counter, Gauge};
@@ -44,6 +46,11 @@ const READ_CHUNK: usize = 64 * 1024;
 pub trait Conversation {
     /// How log lines name the connection ("redis", "redis (history)").
     const LABEL: &'static str;
+    /// The name of this connection in log lines (a label that depends on
+    /// the instance).
+    fn label(&self) -> &'static str {
+        Self::LABEL
+    }
     /// Appends the periodic liveness PING.
     fn keepalive(&mut self, out: &mut Vec<u8>);
     /// The connection dropped: forget what was in flight.
@@ -76,7 +83,7 @@ enum State {
 }
 
 pub struct Connection<P> {
-    role: Role,
+    link: Link,
     state: State,
     pub(super) protocol: P,
     /// Where it may connect: tried in turn, the next after each failure
@@ -119,13 +126,13 @@ pub fn auth_args(username: Option<&str>, password: Option<&str>) -> Option<Vec<V
 }
 
 impl<P: Conversation> Connection<P> {
-    pub fn new(peers: Vec<Peer>, auth: Option<Vec<Vec<u8>>>, role: Role, protocol: P) -> Box<Self> {
+    pub fn new(peers: Vec<Peer>, auth: Option<Vec<Vec<u8>>>, link: Link, protocol: P) -> Box<Self> {
         // SAFETY: the cycle log is valid for the worker's life; ngx_event_t
         // is a C struct for which all-zero is the initial state.
         let (quiet_log, reconnect, ping) =
             unsafe { (*cycle_log(), std::mem::zeroed(), std::mem::zeroed()) };
         let mut connection = Box::new(Connection {
-            role,
+            link,
             state: State::Down,
             protocol,
             peers,
@@ -157,7 +164,7 @@ impl<P: Conversation> Connection<P> {
         ] {
             ev.handler = Some(handler);
             ev.log = log;
-            ev.data = role.tag();
+            ev.data = link.tag();
             // Our timers never keep an exiting worker alive.
             ev.set_cancelable(1);
         }
@@ -166,9 +173,20 @@ impl<P: Conversation> Connection<P> {
 
     fn address(&self) -> String {
         match self.peers.get(self.peer) {
-            Some(peer) => format!("{} at {}", P::LABEL, String::from_utf8_lossy(peer.name())),
-            None => format!("{} (no master known yet)", P::LABEL),
+            Some(peer) => format!(
+                "{} at {}",
+                self.protocol.label(),
+                String::from_utf8_lossy(peer.name())
+            ),
+            None => format!("{} (no master known yet)", self.protocol.label()),
         }
+    }
+
+    /// Connects on the next turn of the event loop (a connection created
+    /// while the worker runs, outside any event of its own).
+    pub fn start_soon(&mut self) {
+        // SAFETY: the reconnect timer is ours; the connection outlives it.
+        unsafe { ngx_add_timer(&mut self.reconnect, 1) };
     }
 
     /// Sentinel named a new master: go there now (dropping a connection to
@@ -205,7 +223,10 @@ impl<P: Conversation> Connection<P> {
     }
 
     fn up_gauge(&self) -> Option<Gauge> {
-        match self.role {
+        if self.link.shard > 0 {
+            return None;
+        }
+        match self.link.role {
             Role::Subscriber => Some(Gauge::SubscriberUp),
             Role::Commands => Some(Gauge::CommandsUp),
             Role::Sentinel => None,
@@ -273,7 +294,7 @@ impl<P: Conversation> Connection<P> {
             (*(*c).write).log = log;
             (*(*c).read).handler = Some(read_handler);
             (*(*c).write).handler = Some(write_handler);
-            (*c).data = self.role.tag();
+            (*c).data = self.link.tag();
         }
         self.conn = c;
         sse_debug!(log, "sse: connecting to {}", self.address());
@@ -365,7 +386,7 @@ impl<P: Conversation> Connection<P> {
             metrics::gauge_set(gauge, 1);
         }
         if again {
-            match self.role {
+            match self.link.role {
                 Role::Subscriber => metrics::count(Counter::SubscriberReconnects, 1),
                 Role::Commands => metrics::count(Counter::CommandsReconnects, 1),
                 Role::Sentinel => {}

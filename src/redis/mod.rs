@@ -16,6 +16,7 @@
 pub mod commands;
 pub mod connection;
 pub mod sentinel;
+pub mod shards;
 pub mod subscriber;
 
 use std::cell::Cell;
@@ -27,6 +28,7 @@ use sse_core::redis_url::RedisUrl;
 pub use commands::{Commands, CommandsSink, Request};
 pub use connection::Connection;
 pub use sentinel::{SentinelSink, SentinelWatch};
+pub use shards::{ClusterMap, Shards};
 pub use subscriber::{Subscriber, SubscriberSink};
 
 /// Where the worker's Redis connections go: the parsed URL and the
@@ -126,20 +128,39 @@ pub enum Role {
     Sentinel = 3,
 }
 
-impl Role {
-    /// Roles travel in `c->data` and timer `ev->data` (no pointer needed:
-    /// there is one connection of each role per worker).
-    fn tag(self) -> *mut c_void {
-        self as usize as *mut c_void
+/// Which connection of the worker: its role, and for the sharded
+/// subscribers of a Redis Cluster, which one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub role: Role,
+    /// 0: the worker's main connection of that role; `i > 0`: the sharded
+    /// subscriber of cluster shard `i - 1`.
+    pub shard: usize,
+}
+
+impl Link {
+    pub fn main(role: Role) -> Link {
+        Link { role, shard: 0 }
     }
 
-    fn from_tag(tag: *mut c_void) -> Option<Role> {
-        match tag as usize {
-            1 => Some(Role::Subscriber),
-            2 => Some(Role::Commands),
-            3 => Some(Role::Sentinel),
-            _ => None,
-        }
+    /// Links travel in `c->data` and timer `ev->data` as a number (no
+    /// pointer: the worker finds the connection from it).
+    fn tag(self) -> *mut c_void {
+        ((self.shard << 4) | self.role as usize) as *mut c_void
+    }
+
+    fn from_tag(tag: *mut c_void) -> Option<Link> {
+        let tag = tag as usize;
+        let role = match tag & 0xf {
+            1 => Role::Subscriber,
+            2 => Role::Commands,
+            3 => Role::Sentinel,
+            _ => return None,
+        };
+        Some(Link {
+            role,
+            shard: tag >> 4,
+        })
     }
 }
 
@@ -154,7 +175,7 @@ pub enum RedisEvent {
 }
 
 /// Where nginx's events on Redis connections go.
-pub type EventHook = fn(Role, RedisEvent, *mut ngx_event_t);
+pub type EventHook = fn(Link, RedisEvent, *mut ngx_event_t);
 
 thread_local! {
     static EVENT_HOOK: Cell<EventHook> = const { Cell::new(|_, _, _| {}) };
@@ -165,19 +186,19 @@ pub fn set_event_hook(hook: EventHook) {
     EVENT_HOOK.with(|h| h.set(hook));
 }
 
-fn emit(role: Role, event: RedisEvent, ev: *mut ngx_event_t) {
+fn emit(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
     let hook = EVENT_HOOK.with(Cell::get);
-    hook(role, event, ev);
+    hook(link, event, ev);
 }
 
-/// The role of a connection event's connection.
+/// The link of a connection event's connection.
 ///
 /// # Safety
 /// `ev` must be an event of a live connection.
-unsafe fn connection_role(ev: *mut ngx_event_t) -> Option<Role> {
+unsafe fn connection_role(ev: *mut ngx_event_t) -> Option<Link> {
     // SAFETY: connection events carry their connection in `data`, and our
-    // connections carry their role tag.
-    unsafe { Role::from_tag((*((*ev).data as *mut ngx_connection_t)).data) }
+    // connections carry their link tag.
+    unsafe { Link::from_tag((*((*ev).data as *mut ngx_connection_t)).data) }
 }
 
 unsafe extern "C" fn read_handler(ev: *mut ngx_event_t) {
@@ -196,14 +217,14 @@ unsafe extern "C" fn write_handler(ev: *mut ngx_event_t) {
 
 unsafe extern "C" fn reconnect_handler(ev: *mut ngx_event_t) {
     // SAFETY: our timers carry their role tag in `data`.
-    if let Some(role) = Role::from_tag(unsafe { (*ev).data }) {
+    if let Some(role) = Link::from_tag(unsafe { (*ev).data }) {
         emit(role, RedisEvent::Reconnect, ev);
     }
 }
 
 unsafe extern "C" fn ping_handler(ev: *mut ngx_event_t) {
     // SAFETY: our timers carry their role tag in `data`.
-    if let Some(role) = Role::from_tag(unsafe { (*ev).data }) {
+    if let Some(role) = Link::from_tag(unsafe { (*ev).data }) {
         emit(role, RedisEvent::Ping, ev);
     }
 }

@@ -26,11 +26,16 @@ pub trait SubscriberSink {
     fn barrier(&mut self, token: u64);
     /// Redis refused to subscribe `key`; its streams must end.
     fn refused(&mut self, key: &[u8], reason: &[u8]);
+    /// Redis Cluster: `key` must be subscribed on another node (it moved,
+    /// or the node dropped it): ask for the topology and go there.
+    fn moved(&mut self, key: &[u8]);
 }
 
 #[derive(Default)]
 pub struct Subscriber {
     session: Session,
+    /// A sharded subscriber of a Redis Cluster master: no control channel.
+    shard: bool,
     /// The worker's own reserved channel (live channel changes), if used:
     /// subscribed for good, like the control channel.
     node_channel: Option<Vec<u8>>,
@@ -48,6 +53,15 @@ impl Subscriber {
             ..Subscriber::default()
         }
     }
+
+    /// The sharded subscriber of one Redis Cluster master.
+    pub fn shard() -> Self {
+        Subscriber {
+            session: Session::sharded(),
+            shard: true,
+            ..Subscriber::default()
+        }
+    }
 }
 
 impl Conversation for Subscriber {
@@ -60,6 +74,14 @@ impl Conversation for Subscriber {
     fn dropped(&mut self) {
         self.session.reset();
         self.up = false;
+    }
+
+    fn label(&self) -> &'static str {
+        if self.shard {
+            "redis (shard)"
+        } else {
+            Self::LABEL
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -79,8 +101,11 @@ impl<S: SubscriberSink + ?Sized> Protocol<S> for Subscriber {
         self.up = false;
         // The control channel first: revocations must work even before (and
         // without) any client.
-        let mut all: Vec<&[u8]> = vec![CONTROL_CHANNEL.as_bytes()];
-        all.extend(self.node_channel.as_deref());
+        let mut all: Vec<&[u8]> = Vec::new();
+        if !self.shard {
+            all.push(CONTROL_CHANNEL.as_bytes());
+            all.extend(self.node_channel.as_deref());
+        }
         all.extend(keys.iter().map(Vec::as_slice));
         self.session.subscribe(out, &all);
         self.session.ping(out, Ping::Ready);
@@ -103,6 +128,7 @@ impl<S: SubscriberSink + ?Sized> Protocol<S> for Subscriber {
             Ok(Reply::Pong(Ping::Ready)) => return Ok(true),
             Ok(Reply::Pong(Ping::Barrier(token))) => sink.barrier(token),
             Ok(Reply::Pong(Ping::Keepalive)) => {}
+            Ok(Reply::Moved { key } | Reply::Dropped { key }) => sink.moved(&key),
             Err(fatal @ Fatal::AuthRefused(_)) => return Err(format!("refused us: {fatal}")),
             Err(fatal) => return Err(format!("answered wrongly: {fatal}")),
         }

@@ -216,10 +216,16 @@ pub fn plan_resume(since: u64, seq: u64, channels: Vec<ChannelHistory<'_>>) -> P
             .filter(|e| e.id > since)
             .collect();
         entries.sort_by_key(|e| e.id);
-        let gap = match entries.first() {
-            Some(first) => first.prev > since,
-            None => history.last_id.is_some_and(|last| last > since),
-        };
+        // Each entry names the previous id on its channel: a hole before
+        // the first (trimmed history), or inside the chain (writes a failed
+        // Redis master acknowledged and its successor never had: the
+        // first entry of an epoch names the epoch's start, see sse.lua).
+        let broken = entries.windows(2).any(|pair| pair[1].prev != pair[0].id);
+        let gap = broken
+            || match entries.first() {
+                Some(first) => first.prev > since,
+                None => history.last_id.is_some_and(|last| last > since),
+            };
         if gap {
             gaps.push(i);
         }
@@ -362,6 +368,24 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_break_in_the_chain_is_a_gap() {
+        // 4 and 5 were acknowledged by a master that failed; its successor
+        // went on from 3 in a new epoch whose first entry names the epoch.
+        let e1 = EPOCH + 1;
+        let plan = plan_resume(
+            2,
+            e1,
+            vec![
+                ch(vec![e(3, 2), e(e1, EPOCH)], Some(e1)),
+                ch(vec![e(7, 6)], Some(7)),
+            ],
+        );
+        assert_eq!(plan.gaps, [0, 1]);
+        let intact = plan_resume(2, 9, vec![ch(vec![e(3, 2), e(9, 3)], Some(9))]);
+        assert!(intact.gaps.is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! unit-tested with `cargo test`:
 //!
 //! - [`frame`]: the SSE wire format (events, retry, heartbeats);
+//! - [`cluster`]: Redis Cluster hash slots, topology, redirections;
 //! - [`channel`]: channel names and the channel lists clients ask for;
 //! - [`pattern`]: channel patterns and grants (who may read what);
 //! - [`envelope`]: the optional envelope of a published message (audience);
@@ -17,6 +18,7 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod cluster;
 pub mod envelope;
 pub mod frame;
 pub mod history;

@@ -4,7 +4,9 @@
 //!   [?sentinel_username=U&sentinel_password=P]`: the master of `service`, as
 //!   the listed Sentinels report it (default port 26379). The credentials
 //!   before `@` are the master's; the Sentinels' own, if they require any,
-//!   are the query's.
+//!   are the query's;
+//! - `redis-cluster://[[username]:password@]host[:port][,host[:port]...]`:
+//!   a Redis Cluster, found through these seed nodes (database 0 only).
 
 use std::fmt;
 
@@ -22,6 +24,8 @@ pub struct RedisUrl {
     pub db: u32,
     /// `redis-sentinel://`: where to ask for the master.
     pub sentinel: Option<Sentinel>,
+    /// `redis-cluster://`: the seed nodes, as `host:port`.
+    pub cluster: Option<Vec<String>>,
 }
 
 /// The Sentinel part of a `redis-sentinel://` URL.
@@ -46,14 +50,15 @@ pub enum UrlError {
     Extra(String),
     NoService,
     Query(String),
+    ClusterDb,
 }
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UrlError::Scheme => {
-                f.write_str("must start with \"redis://\" or \"redis-sentinel://\"")
-            }
+            UrlError::Scheme => f.write_str(
+                "must start with \"redis://\", \"redis-sentinel://\" or \"redis-cluster://\"",
+            ),
             UrlError::Tls => f.write_str("TLS (\"rediss://\") is not supported yet"),
             UrlError::NoHost => f.write_str("has no host"),
             UrlError::Port(p) => write!(f, "has an invalid port \"{p}\""),
@@ -61,6 +66,7 @@ impl fmt::Display for UrlError {
             UrlError::Escape => f.write_str("has a malformed %-escape in its credentials"),
             UrlError::Extra(e) => write!(f, "has unsupported trailing parts \"{e}\""),
             UrlError::NoService => f.write_str("names no Sentinel service (\"/mymaster\")"),
+            UrlError::ClusterDb => f.write_str("selects a database: a Redis Cluster has only 0"),
             UrlError::Query(q) => write!(f, "has an unsupported query parameter \"{q}\""),
         }
     }
@@ -72,6 +78,9 @@ impl RedisUrl {
     pub fn parse(url: &str) -> Result<Self, UrlError> {
         if let Some(rest) = url.strip_prefix("redis-sentinel://") {
             return parse_sentinel(rest);
+        }
+        if let Some(rest) = url.strip_prefix("redis-cluster://") {
+            return parse_cluster(rest);
         }
         let rest = if let Some(rest) = url.strip_prefix("redis://") {
             rest
@@ -108,6 +117,7 @@ impl RedisUrl {
             password,
             db,
             sentinel: None,
+            cluster: None,
         })
     }
 
@@ -178,6 +188,43 @@ fn parse_sentinel(rest: &str) -> Result<RedisUrl, UrlError> {
             username: sentinel_username,
             password: sentinel_password,
         }),
+        cluster: None,
+    })
+}
+
+fn parse_cluster(rest: &str) -> Result<RedisUrl, UrlError> {
+    if let Some(i) = rest.find(['?', '#']) {
+        return Err(UrlError::Extra(rest[i..].to_string()));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    if !path.is_empty() && path != "0" {
+        return Err(UrlError::ClusterDb);
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (username, password) = credentials(userinfo)?;
+    let mut seeds = Vec::new();
+    for hostport in hosts.split(',') {
+        let (host, port) = split_host_port(hostport)?;
+        if host.is_empty() || host == "[]" {
+            return Err(UrlError::NoHost);
+        }
+        seeds.push(format!("{host}:{port}"));
+    }
+    let (host, port) = split_host_port(hosts.split(',').next().unwrap_or_default())?;
+    Ok(RedisUrl {
+        host: host.to_string(),
+        port,
+        username,
+        password,
+        db: 0,
+        sentinel: None,
+        cluster: Some(seeds),
     })
 }
 
@@ -299,6 +346,30 @@ mod tests {
         assert_eq!(bare.sentinel.unwrap().nodes, ["h:26379"]);
         assert_eq!(bare.db, 0);
         assert_eq!(RedisUrl::parse("redis://h").unwrap().sentinel, None);
+    }
+
+    #[test]
+    fn cluster_form() {
+        let url = RedisUrl::parse("redis-cluster://:pw@10.0.0.1:7000,10.0.0.2").unwrap();
+        assert_eq!(
+            url.cluster.as_deref().unwrap(),
+            ["10.0.0.1:7000", "10.0.0.2:6379"]
+        );
+        assert_eq!(url.password.as_deref(), Some("pw"));
+        assert_eq!(url.sentinel, None);
+        assert!(RedisUrl::parse("redis-cluster://h/0").is_ok());
+        assert_eq!(
+            RedisUrl::parse("redis-cluster://h/1"),
+            Err(UrlError::ClusterDb)
+        );
+        assert_eq!(
+            RedisUrl::parse("redis-cluster://h,,x"),
+            Err(UrlError::NoHost)
+        );
+        assert!(matches!(
+            RedisUrl::parse("redis-cluster://h?x"),
+            Err(UrlError::Extra(_))
+        ));
     }
 
     #[test]

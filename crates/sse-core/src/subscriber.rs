@@ -59,6 +59,12 @@ pub enum Reply<'a> {
     Refused { key: Box<[u8]>, reason: &'a [u8] },
     /// The answer to a PING.
     Pong(Ping),
+    /// Redis Cluster: this node does not serve `key`'s slot (`-MOVED`, or
+    /// the cluster is failing over): subscribe it where the topology says.
+    Moved { key: Box<[u8]> },
+    /// Redis Cluster: the node dropped the sharded subscription to `key`
+    /// (its slot moved to another node): subscribe it there.
+    Dropped { key: Box<[u8]> },
 }
 
 /// The connection cannot go on: drop it and reconnect with backoff.
@@ -94,9 +100,20 @@ impl std::error::Error for Fatal {}
 #[derive(Debug, Default)]
 pub struct Session {
     sent: VecDeque<Sent>,
+    /// Redis Cluster: channels are subscribed with SSUBSCRIBE on the node
+    /// serving their slot (sharded pub/sub).
+    sharded: bool,
 }
 
 impl Session {
+    /// A session of sharded pub/sub (SSUBSCRIBE, Redis Cluster).
+    pub fn sharded() -> Self {
+        Session {
+            sent: VecDeque::new(),
+            sharded: true,
+        }
+    }
+
     /// A new connection: nothing in flight.
     pub fn reset(&mut self) {
         self.sent.clear();
@@ -119,7 +136,9 @@ impl Session {
     /// command per key.
     pub fn subscribe(&mut self, out: &mut Vec<u8>, keys: &[&[u8]]) {
         for &key in keys {
-            let name: &[u8] = if registry::is_pattern_key(key) {
+            let name: &[u8] = if self.sharded {
+                b"SSUBSCRIBE"
+            } else if registry::is_pattern_key(key) {
                 b"PSUBSCRIBE"
             } else {
                 b"SUBSCRIBE"
@@ -132,7 +151,9 @@ impl Session {
     /// Appends UNSUBSCRIBE (or PUNSUBSCRIBE) of each key, one command per key.
     pub fn unsubscribe(&mut self, out: &mut Vec<u8>, keys: &[&[u8]]) {
         for &key in keys {
-            let name: &[u8] = if registry::is_pattern_key(key) {
+            let name: &[u8] = if self.sharded {
+                b"SUNSUBSCRIBE"
+            } else if registry::is_pattern_key(key) {
                 b"PUNSUBSCRIBE"
             } else {
                 b"UNSUBSCRIBE"
@@ -153,6 +174,14 @@ impl Session {
         if let Some(message) = message(value) {
             return Ok(message);
         }
+        if let Some(key) = dropped(value) {
+            // A slot that moved away: Redis unsubscribes its channels on its
+            // own. Unless it answers our own SUNSUBSCRIBE of that key.
+            let ours = matches!(self.sent.front(), Some(Sent::Unsubscribe(k)) if **k == *key);
+            if !ours {
+                return Ok(Reply::Dropped { key: key.into() });
+            }
+        }
         let Some(sent) = self.sent.pop_front() else {
             return Err(Fatal::Unsolicited(describe(value)));
         };
@@ -167,12 +196,15 @@ impl Session {
             (Sent::Subscribe(key), Value::Error(reason)) if refuses_channel(reason) => {
                 Ok(Reply::Refused { key, reason })
             }
+            (Sent::Subscribe(key), Value::Error(reason)) if self.sharded && rerouted(reason) => {
+                Ok(Reply::Moved { key })
+            }
             (Sent::Subscribe(key), Value::Error(reason)) => Err(Fatal::Refused {
                 command: format!("SUBSCRIBE \"{}\"", lossy(&key)),
                 reason: lossy(reason),
             }),
             (Sent::Subscribe(key), _) => {
-                if confirms(value, &[b"subscribe", b"psubscribe"], &key) {
+                if confirms(value, &[b"subscribe", b"psubscribe", b"ssubscribe"], &key) {
                     Ok(Reply::Done)
                 } else {
                     Err(unexpected(format!("SUBSCRIBE \"{}\"", lossy(&key))))
@@ -183,7 +215,11 @@ impl Session {
                 reason: lossy(reason),
             }),
             (Sent::Unsubscribe(key), _) => {
-                if confirms(value, &[b"unsubscribe", b"punsubscribe"], &key) {
+                if confirms(
+                    value,
+                    &[b"unsubscribe", b"punsubscribe", b"sunsubscribe"],
+                    &key,
+                ) {
                     Ok(Reply::Done)
                 } else {
                     Err(unexpected(format!("UNSUBSCRIBE \"{}\"", lossy(&key))))
@@ -221,6 +257,27 @@ fn refuses_channel(reason: &[u8]) -> bool {
     reason.starts_with("noperm") && reason.contains("channel")
 }
 
+/// Whether an error answering an SSUBSCRIBE means "not here, not now"
+/// (the topology changed or is changing) rather than a refusal.
+fn rerouted(reason: &[u8]) -> bool {
+    [&b"MOVED "[..], b"ASK ", b"CLUSTERDOWN", b"TRYAGAIN"]
+        .iter()
+        .any(|p| reason.starts_with(p))
+}
+
+/// The key of a `sunsubscribe` notification, if `value` is one.
+fn dropped<'a>(value: &Value<'a>) -> Option<&'a [u8]> {
+    let Value::Array(Some(items)) = value else {
+        return None;
+    };
+    match items.as_slice() {
+        [kind, key, Value::Integer(_)] if kind.as_bytes() == Some(b"sunsubscribe") => {
+            key.as_bytes()
+        }
+        _ => None,
+    }
+}
+
 /// A published message, if `value` is one.
 fn message<'a>(value: &Value<'a>) -> Option<Reply<'a>> {
     let Value::Array(Some(items)) = value else {
@@ -228,7 +285,7 @@ fn message<'a>(value: &Value<'a>) -> Option<Reply<'a>> {
     };
     let bytes: Vec<Option<&'a [u8]>> = items.iter().map(Value::as_bytes).collect();
     match bytes.as_slice() {
-        [Some(b"message"), Some(channel), Some(payload)] => Some(Reply::Message {
+        [Some(b"message" | b"smessage"), Some(channel), Some(payload)] => Some(Reply::Message {
             subscription: channel,
             channel,
             payload,
@@ -443,5 +500,57 @@ mod tests {
             s.reply(&arr(vec![bulk(b"pong"), bulk(b"")])),
             Ok(Reply::Pong(Ping::Keepalive))
         );
+    }
+
+    #[test]
+    fn sharded_sessions_follow_the_cluster() {
+        let mut s = Session::sharded();
+        let mut out = Vec::new();
+        s.subscribe(&mut out, &[b"a", b"b", b"c"]);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("SSUBSCRIBE").count(), 3, "{text}");
+        // Confirmed, moved, and a cluster failing over.
+        assert_eq!(s.reply(&confirmation(b"ssubscribe", b"a")), Ok(Reply::Done));
+        assert_eq!(
+            s.reply(&Value::Error(b"MOVED 15495 127.0.0.1:7002")),
+            Ok(Reply::Moved {
+                key: b"b".as_slice().into()
+            })
+        );
+        assert_eq!(
+            s.reply(&Value::Error(b"CLUSTERDOWN The cluster is down")),
+            Ok(Reply::Moved {
+                key: b"c".as_slice().into()
+            })
+        );
+        // Sharded messages.
+        assert_eq!(
+            s.reply(&arr(vec![bulk(b"smessage"), bulk(b"a"), bulk(b"hi")])),
+            Ok(Reply::Message {
+                subscription: b"a",
+                channel: b"a",
+                payload: b"hi"
+            })
+        );
+        // The slot of "a" moved: Redis unsubscribes it on its own.
+        assert_eq!(
+            s.reply(&confirmation(b"sunsubscribe", b"a")),
+            Ok(Reply::Dropped {
+                key: b"a".as_slice().into()
+            })
+        );
+        // Our own SUNSUBSCRIBE is answered as such.
+        out.clear();
+        s.unsubscribe(&mut out, &[b"a"]);
+        assert!(String::from_utf8_lossy(&out).contains("SUNSUBSCRIBE"));
+        assert_eq!(
+            s.reply(&confirmation(b"sunsubscribe", b"a")),
+            Ok(Reply::Done)
+        );
+        assert_eq!(s.in_flight(), 0);
+        // Outside cluster mode a MOVED is not expected: fatal.
+        let mut plain = Session::default();
+        plain.subscribe(&mut out, &[b"x"]);
+        assert!(plain.reply(&Value::Error(b"MOVED 1 h:1")).is_err());
     }
 }
