@@ -180,7 +180,9 @@ impl Shards {
                 continue;
             }
             moved = true;
-            if let Some(old) = before.filter(|b| Some(*b) != now) {
+            // A shard that sent the key away has dropped it already.
+            let dropped = self.reroute.contains(key);
+            if let Some(old) = before.filter(|b| Some(*b) != now && !dropped) {
                 if let Some(conn) = self.conns.get_mut(old).and_then(Option::as_mut) {
                     conn.unsubscribe(&[key]);
                 }

@@ -210,6 +210,10 @@ impl Session {
                     Err(unexpected(format!("SUBSCRIBE \"{}\"", lossy(&key))))
                 }
             }
+            // The node no longer serves that slot: nothing to unsubscribe.
+            (Sent::Unsubscribe(_), Value::Error(reason)) if self.sharded && rerouted(reason) => {
+                Ok(Reply::Done)
+            }
             (Sent::Unsubscribe(key), Value::Error(reason)) => Err(Fatal::Refused {
                 command: format!("UNSUBSCRIBE \"{}\"", lossy(&key)),
                 reason: lossy(reason),
