@@ -69,7 +69,88 @@ local function valid_audience(list)
   return true
 end
 
+-- Options after the payload: maxlen=, ttl=, to=, prefix=.
+local function options(args, first)
+  local o = { maxlen = 1000, ttl = 86400, prefix = 'sse' }
+  for i = first, #args do
+    local k, v = string.match(args[i], '^(%w+)=(.*)$')
+    if k == 'maxlen' and tonumber(v) and tonumber(v) >= 1 then o.maxlen = math.floor(tonumber(v))
+    elseif k == 'ttl' and tonumber(v) and tonumber(v) >= 0 then o.ttl = math.floor(tonumber(v))
+    elseif k == 'to' and valid_audience(v) then o.to = v
+    elseif k == 'prefix' and string.find(v, '^[%w_%-%.@:]+$') then o.prefix = v
+    else return nil, 'bad option "' .. args[i] .. '"' end
+  end
+  return o
+end
+
+local function entry_of(payload, prev, to)
+  local entry = { 'd', payload, 'p', prev }
+  if to then
+    entry[#entry + 1] = 't'
+    entry[#entry + 1] = to
+  end
+  return entry
+end
+
+local function envelope(id, o, payload)
+  local header = '\30sse1 id=' .. id
+  if o.prefix ~= 'sse' then header = header .. ' prefix=' .. o.prefix end
+  if o.to then header = header .. ' to=' .. o.to end
+  return header .. '\n' .. payload
+end
+
+-- The previous id to record: the first entry of an epoch names the epoch's
+-- start (what came before may be lost).
+local function prev_in_epoch(id, prev)
+  local epoch_start = math.floor(id / EPOCH) * EPOCH
+  if epoch_start > 0 and tonumber(prev) < epoch_start then
+    return string.format('%d', epoch_start)
+  end
+  return prev
+end
+
+--[[
+Redis Cluster: FCALL sse_publish 1 <channel> <payload> [options]
+The channel is the key (so the cluster runs the call on the node serving its
+slot). Its history has its own sequence, in keys that share the channel's slot
+({channel} is their hash tag): <P>:{<channel>}:s (a hash: n = the sequence,
+r = the replication id of the node that issued it) and <P>:{<channel>}:h (the
+Redis Stream). The event is published with SPUBLISH (sharded pub/sub). Epochs
+are always on: the first publish on a node whose replication id is not the
+one recorded (a promoted replica, a restarted node) moves the channel's
+sequence to the next multiple of 10^12.
+]]
+local function publish_sharded(channel, args)
+  local payload = args[1]
+  if not payload then
+    return redis.error_reply('usage: FCALL sse_publish 1 <channel> <payload> [maxlen=N] [ttl=S] [to=U,...] [prefix=P]')
+  end
+  if string.find(channel, '^sse:') then
+    return redis.error_reply('channels starting with "sse:" are reserved')
+  end
+  local o, err = options(args, 2)
+  if not o then return redis.error_reply(err) end
+  local base = o.prefix .. ':{' .. channel .. '}'
+  local state, stream = base .. ':s', base .. ':h'
+  local now = replid()
+  local seq = redis.call('HGET', state, 'n') or '0'
+  if redis.call('HGET', state, 'r') ~= now then
+    if tonumber(seq) > 0 then
+      seq = string.format('%d', (math.floor(tonumber(seq) / EPOCH) + 1) * EPOCH)
+      redis.call('HSET', state, 'n', seq)
+    end
+    redis.call('HSET', state, 'r', now)
+  end
+  local id = redis.call('HINCRBY', state, 'n', 1)
+  local prev = prev_in_epoch(id, seq)
+  redis.call('XADD', stream, 'MAXLEN', o.maxlen, id .. '-0', unpack(entry_of(payload, prev, o.to)))
+  if o.ttl > 0 then redis.call('EXPIRE', stream, o.ttl) end
+  redis.call('SPUBLISH', channel, envelope(id, o, payload))
+  return id
+end
+
 local function publish(keys, args)
+  if #keys == 1 then return publish_sharded(keys[1], args) end
   local channel, payload = args[1], args[2]
   if not channel or not payload then
     return redis.error_reply('usage: FCALL sse_publish 0 <channel> <payload> [maxlen=N] [ttl=S] [to=U,...] [prefix=P]')
@@ -77,39 +158,18 @@ local function publish(keys, args)
   if string.find(channel, '^sse:') then
     return redis.error_reply('channels starting with "sse:" are reserved')
   end
-  local maxlen, ttl, to, prefix = 1000, 86400, nil, 'sse'
-  for i = 3, #args do
-    local k, v = string.match(args[i], '^(%w+)=(.*)$')
-    if k == 'maxlen' and tonumber(v) and tonumber(v) >= 1 then maxlen = math.floor(tonumber(v))
-    elseif k == 'ttl' and tonumber(v) and tonumber(v) >= 0 then ttl = math.floor(tonumber(v))
-    elseif k == 'to' and valid_audience(v) then to = v
-    elseif k == 'prefix' and string.find(v, '^[%w_%-%.@:]+$') then prefix = v
-    else return redis.error_reply('bad option "' .. args[i] .. '"') end
-  end
+  local o, err = options(args, 3)
+  if not o then return redis.error_reply(err) end
 
-  local stream = prefix .. ':h:' .. channel
-  local last = prefix .. ':last'
-  check_epoch(prefix)
-  local id = redis.call('INCR', prefix .. ':seq')
-  local prev = redis.call('HGET', last, channel) or '0'
-  local epoch_start = math.floor(id / EPOCH) * EPOCH
-  if epoch_start > 0 and tonumber(prev) < epoch_start then
-    -- The channel's first event of an epoch: what came before may be lost.
-    prev = string.format('%d', epoch_start)
-  end
-  local entry = { 'd', payload, 'p', prev }
-  if to then
-    entry[#entry + 1] = 't'
-    entry[#entry + 1] = to
-  end
-  redis.call('XADD', stream, 'MAXLEN', maxlen, id .. '-0', unpack(entry))
+  local stream = o.prefix .. ':h:' .. channel
+  local last = o.prefix .. ':last'
+  check_epoch(o.prefix)
+  local id = redis.call('INCR', o.prefix .. ':seq')
+  local prev = prev_in_epoch(id, redis.call('HGET', last, channel) or '0')
+  redis.call('XADD', stream, 'MAXLEN', o.maxlen, id .. '-0', unpack(entry_of(payload, prev, o.to)))
   redis.call('HSET', last, channel, id)
-  if ttl > 0 then redis.call('EXPIRE', stream, ttl) end
-
-  local header = '\30sse1 id=' .. id
-  if prefix ~= 'sse' then header = header .. ' prefix=' .. prefix end
-  if to then header = header .. ' to=' .. to end
-  redis.call('PUBLISH', channel, header .. '\n' .. payload)
+  if o.ttl > 0 then redis.call('EXPIRE', stream, o.ttl) end
+  redis.call('PUBLISH', channel, envelope(id, o, payload))
   return id
 end
 

@@ -837,16 +837,6 @@ pub unsafe extern "C" fn merge_loc_conf(
     if !lcf.channels.is_empty() {
         // SAFETY: `cf` is the configuration being merged.
         if let Some(main) = crate::SseModule::main_conf_mut(unsafe { &*cf }) {
-            let cluster = main.redis.as_ref().is_some_and(|r| r.url.cluster.is_some());
-            if cluster && lcf.history == 1 {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "\"sse_history\" in location {} needs a standalone Redis or Sentinel: with a \"redis-cluster://\" sse_redis_url, streams are live only (history in a cluster is not supported yet)",
-                    lcf.location
-                );
-                return NGX_CONF_ERROR as *mut c_char;
-            }
             main.history_used |= lcf.history == 1;
             main.sessions_used |= lcf.session == 1;
         }

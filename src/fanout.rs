@@ -21,6 +21,7 @@ use sse_core::resp::Value;
 use sse_core::session::{self, Answer, Change, NodeMessage};
 
 use crate::frame::{Frame, REFUSED_EVENT};
+use crate::lanes::{self, LanePhase};
 use crate::metrics;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{ClusterMap, CommandsSink, Request, SubscriberSink};
@@ -54,6 +55,12 @@ pub struct Effects {
     pub topology: Option<Topology>,
     /// Redis Cluster: a shard connection is down.
     pub shard_down: bool,
+    /// Redis Cluster: lanes (stream id, lane) whose history reads should
+    /// go out now.
+    pub fetch_lanes: Vec<(u64, usize)>,
+    /// Redis Cluster: shards on which to send a barrier (the token is
+    /// `barrier_token + 1`).
+    pub shard_barriers: Vec<usize>,
 }
 
 /// Which of the fan-out's keys a subscriber connection carries.
@@ -109,6 +116,15 @@ impl Fanout<'_> {
             s.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    /// The streams that keep history per channel (Redis Cluster).
+    fn with_lanes(&self) -> Vec<(u64, StreamKey)> {
+        self.streams
+            .iter()
+            .filter(|(_, &key)| stream(key).lanes.is_some())
+            .map(|(&id, &key)| (id, key))
+            .collect()
     }
 
     /// The streams that keep history, with their ids.
@@ -217,9 +233,21 @@ impl SubscriberSink for Fanout<'_> {
         }
         // Formatted once, on first use, and shared by every recipient.
         let mut shared: Option<Frame> = None;
+        // Redis Cluster history streams add their own id to the body.
+        let mut body: Option<Frame> = None;
         for &sub in subscribers {
             let s = stream(sub);
             if !s.admits(key, channel, &envelope) {
+                continue;
+            }
+            if let (Some(id), Some(_)) = (envelope.id, s.lanes.as_ref()) {
+                let body = body
+                    .get_or_insert_with(|| lanes::body_frame(self.scratch, channel, envelope.body));
+                s.deliver_lane(channel, id, body.clone(), &mut Vec::new());
+                if !s.dirty {
+                    s.dirty = true;
+                    self.dirty.push(sub);
+                }
                 continue;
             }
             let frame = shared.get_or_insert_with(|| {
@@ -257,6 +285,24 @@ impl SubscriberSink for Fanout<'_> {
         // Whatever was published while the subscription was down is read
         // back from the history, after a barrier.
         let token = self.next_token;
+        if let Scope::Shard(map, shard) = self.scope {
+            let mut any = false;
+            for (_, key) in self.with_lanes() {
+                let Some(lanes) = stream(key).lanes.as_mut() else {
+                    continue;
+                };
+                for lane in 0..lanes.lanes().len() {
+                    if map.shard_for(&lanes.lanes()[lane].name) == Some(shard) {
+                        lanes.restart(lane, token);
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                self.effects.shard_barriers.push(shard);
+            }
+            return;
+        }
         let replaying = self.replaying();
         for (_, key) in &replaying {
             if let Some(replay) = stream(*key).replay.as_mut() {
@@ -267,6 +313,23 @@ impl SubscriberSink for Fanout<'_> {
     }
 
     fn barrier(&mut self, token: u64) {
+        if let Scope::Shard(map, shard) = self.scope {
+            for (id, key) in self.with_lanes() {
+                let Some(lanes) = stream(key).lanes.as_mut() else {
+                    continue;
+                };
+                for lane in 0..lanes.lanes().len() {
+                    let here = map.shard_for(&lanes.lanes()[lane].name) == Some(shard);
+                    if here && lanes.awaits(lane, token) {
+                        if let Some(l) = lanes.lane_mut(lane) {
+                            l.phase = LanePhase::Queued;
+                        }
+                        self.effects.fetch_lanes.push((id, lane));
+                    }
+                }
+            }
+            return;
+        }
         for (id, key) in self.replaying() {
             if let Some(replay) = stream(key).replay.as_mut() {
                 if matches!(replay.phase, Phase::AwaitingBarrier(t) if t <= token) {
@@ -302,6 +365,19 @@ impl SubscriberSink for Fanout<'_> {
 
 impl CommandsSink for Fanout<'_> {
     fn commands_ready(&mut self) {
+        if let Scope::Shard(map, shard) = self.scope {
+            for (id, key) in self.with_lanes() {
+                let Some(lanes) = stream(key).lanes.as_ref() else {
+                    continue;
+                };
+                for (lane, l) in lanes.lanes().iter().enumerate() {
+                    if l.phase == LanePhase::Queued && map.shard_for(&l.name) == Some(shard) {
+                        self.effects.fetch_lanes.push((id, lane));
+                    }
+                }
+            }
+            return;
+        }
         for (id, key) in self.replaying() {
             if stream(key)
                 .replay
@@ -335,6 +411,29 @@ impl CommandsSink for Fanout<'_> {
             return; // the stream ended meanwhile
         };
         let s = stream(key);
+        if let Some(lane) = request.lane {
+            let lane = lane as usize;
+            let current = s
+                .lanes
+                .as_ref()
+                .and_then(|l| l.lanes().get(lane))
+                .is_some_and(|l| {
+                    l.generation == request.generation && l.phase == LanePhase::Fetching
+                });
+            if !current {
+                return; // a reply to an abandoned read
+            }
+            if let Some(problem) = s.finish_lane(lane, value, self.scratch, self.max_message) {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    cycle_log(),
+                    "sse: history read failed: {}",
+                    problem
+                );
+            }
+            self.mark_dirty(key);
+            return;
+        }
         let Some(replay) = s.replay.as_mut() else {
             return;
         };

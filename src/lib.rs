@@ -13,7 +13,8 @@
 //!   and [`fanout`], what the worker does with what Redis hands it;
 //! - [`stream`]: one open stream: queue, flush, the one way it ends, and
 //!   nginx's callbacks into it;
-//! - [`replay`]: a stream's history replay and de-duplication;
+//! - [`replay`]: a stream's history replay and de-duplication; [`lanes`],
+//!   the same per channel on a Redis Cluster;
 //! - [`transport`]: how bytes reach the client (nginx's output filters, or
 //!   written directly once the request is retired);
 //! - [`redis`]: the worker's Redis connections and their two protocols;
@@ -41,6 +42,7 @@ mod config;
 mod fanout;
 mod frame;
 mod http;
+mod lanes;
 mod metrics;
 mod ngx_ext;
 mod redis;

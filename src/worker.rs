@@ -38,6 +38,7 @@ use sse_core::session::{self, Answer, Change, ChangeError, CHANNELS_EVENT};
 
 use crate::fanout::{Effects, Fanout, Scope};
 use crate::frame::Frame;
+use crate::lanes::LanePhase;
 use crate::metrics;
 use crate::ngx_ext::{cycle_log, random_bytes};
 use crate::redis::connection::auth_args;
@@ -277,6 +278,7 @@ pub fn register(key: StreamKey) {
             w.subscribe_keys(&new);
             metrics::gauge_set(Gauge::RedisSubscriptions, w.registry.key_count() as i64);
         }
+        w.lane_barriers(key, None);
         if let Some(replay) = s.replay.as_mut() {
             // Once Redis confirms the subscriptions (barrier), the history
             // is read. If the subscriber is not up, its coming up restarts
@@ -356,9 +358,14 @@ fn on_redis_event(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
                 shards,
                 ..
             } = &mut *w;
-            let (map, shard_conns) = match shards {
-                Some(Shards { map, conns, .. }) => (Some(&*map), Some(conns)),
-                None => (None, None),
+            let (map, shard_conns, shard_commands) = match shards {
+                Some(Shards {
+                    map,
+                    conns,
+                    commands,
+                    ..
+                }) => (Some(&*map), Some(conns), Some(commands)),
+                None => (None, None, None),
             };
             let scope = match (map, link.shard) {
                 (Some(map), i) if i > 0 => Scope::Shard(map, i - 1),
@@ -385,6 +392,15 @@ fn on_redis_event(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
                     if let Some(conn) = conn {
                         conn.handle(event, ev, &mut fanout);
                         // A shard down: its master may be failing over.
+                        fanout.effects.shard_down |= !conn.is_ready();
+                    }
+                }
+                (Role::Commands, i) if i > 0 => {
+                    let conn = shard_commands
+                        .and_then(|c| c.get_mut(i - 1))
+                        .and_then(Option::as_mut);
+                    if let Some(conn) = conn {
+                        conn.handle(event, ev, &mut fanout);
                         fanout.effects.shard_down |= !conn.is_ready();
                     }
                 }
@@ -476,6 +492,7 @@ impl Worker {
         if effects.shard_down {
             self.hurry_topology();
         }
+        self.apply_lanes(effects);
         if let Some(shards) = self.shards.as_mut() {
             for key in effects.moved.drain(..) {
                 shards.moved(&key);
@@ -523,6 +540,7 @@ impl Worker {
             let request = Request {
                 stream: id,
                 generation: replay.generation,
+                lane: None,
             };
             let reads = replay.requests(&self.prefix);
             sse_debug!(
@@ -545,6 +563,106 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Redis Cluster history: barriers on shards whose subscriber came
+    /// back, reads of the lanes that are due, and reads to send again.
+    fn apply_lanes(&mut self, effects: &mut Effects) {
+        let Some(shards) = self.shards.as_mut() else {
+            return;
+        };
+        let token = self.barrier_token + 1;
+        let mut sent = false;
+        for shard in effects.shard_barriers.drain(..) {
+            sent |= shards.barrier(shard, token);
+        }
+        if sent {
+            self.barrier_token = token;
+        }
+        let mut written = Vec::new();
+        for (id, lane) in effects.fetch_lanes.drain(..) {
+            let Some(&key) = self.streams.get(&id) else {
+                continue;
+            };
+            let Some(lanes) = stream_mut(key).lanes.as_mut() else {
+                continue;
+            };
+            let Some(l) = lanes.lanes().get(lane) else {
+                continue;
+            };
+            if l.phase != LanePhase::Queued {
+                continue;
+            }
+            let Some(shard) = shards.map.shard_for(&l.name) else {
+                continue; // read when its shard comes up
+            };
+            let Some(commands) = shards.commands_mut(shard).filter(|c| c.is_ready()) else {
+                continue; // read when the shard's connection is ready
+            };
+            let request = Request {
+                stream: id,
+                generation: l.generation,
+                lane: Some(lane as u32),
+            };
+            let reads = lanes.requests(lane, &self.prefix);
+            if commands.transaction(request, &reads) {
+                written.push(shard);
+            }
+        }
+        written.sort_unstable();
+        written.dedup();
+        for shard in written {
+            if let Some(commands) = shards.commands_mut(shard) {
+                commands.send();
+            }
+        }
+        // Connections that broke hand their reads back: read again.
+        for shard in 0..shards.commands.len() {
+            let Some(commands) = shards.commands_mut(shard) else {
+                continue;
+            };
+            for request in commands.take_lost() {
+                let (Some(&key), Some(lane)) = (self.streams.get(&request.stream), request.lane)
+                else {
+                    continue;
+                };
+                if let Some(lanes) = stream_mut(key).lanes.as_mut() {
+                    let lane = lane as usize;
+                    if lanes.lanes().get(lane).map(|l| l.generation) == Some(request.generation) {
+                        lanes.requeue(lane);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Redis Cluster history: each lane of a stream (or only `which`)
+    /// waits for a barrier on its shard, then reads its history.
+    fn lane_barriers(&mut self, key: StreamKey, which: Option<&[usize]>) {
+        let (Some(shards), Some(lanes)) = (self.shards.as_mut(), stream_mut(key).lanes.as_mut())
+        else {
+            return;
+        };
+        let all: Vec<usize> = (0..lanes.lanes().len()).collect();
+        let token = self.barrier_token + 1;
+        let mut sent = Vec::new();
+        for &lane in which.unwrap_or(&all) {
+            if lane >= lanes.lanes().len() {
+                continue;
+            }
+            lanes.await_barrier(lane, token);
+            // No shard yet, or its subscriber is not up: its coming up
+            // restarts the lane with a fresh barrier.
+            let Some(shard) = shards.map.shard_for(&lanes.lanes()[lane].name) else {
+                continue;
+            };
+            if !sent.contains(&shard) && shards.barrier(shard, token) {
+                sent.push(shard);
+            }
+        }
+        if !sent.is_empty() {
+            self.barrier_token = token;
         }
     }
 
@@ -626,14 +744,27 @@ impl Worker {
         }
         metrics::gauge_set(Gauge::RedisSubscriptions, self.registry.key_count() as i64);
 
+        // Redis Cluster history: kept lanes keep their positions, new ones
+        // read their channel's position; the event carries the stream's new
+        // id (the vector of the new channel set).
+        let mut fresh_lanes = None;
+        let concrete = concrete_of(s.subscriptions());
+        if let Some(lanes) = s.lanes.as_mut() {
+            fresh_lanes = Some(lanes.change(concrete));
+        }
+        let vector = s.lanes.as_ref().map(|l| l.id());
         let now = session::join(s.subscriptions());
         let event = Frame::encode(&mut self.scratch, |out| {
-            wire::encode_event(out, Some(CHANNELS_EVENT), None, now.as_bytes())
+            let id = vector.as_deref().map(str::as_bytes);
+            wire::encode_event(out, Some(CHANNELS_EVENT), id, now.as_bytes())
         });
         s.enqueue(event);
         if !s.dirty {
             s.dirty = true;
             self.dirty.push(key);
+        }
+        if let Some(fresh) = fresh_lanes {
+            self.lane_barriers(key, Some(&fresh));
         }
         if s.replay.is_some() {
             let concrete = concrete_of(s.subscriptions());
@@ -872,7 +1003,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             SentinelWatch::new(&s.service),
         )
     });
-    let shards = cluster.then(|| Shards::new(auth));
+    let shards = cluster.then(|| Shards::new(auth, main.history_used.then_some(PUBLISH_FUNCTION)));
     let topology_timer = cluster.then(|| {
         // SAFETY: all-zero is the initial state of an nginx event.
         let mut ev: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });

@@ -14,9 +14,10 @@ use ngx::ffi::{
     ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_tcp_nodelay, NGX_DONE, NGX_ERROR,
     NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Method, NgxHttpCoreModule, Request};
 use sse_core::history::Resume;
 
+use crate::lanes::Lanes;
 use crate::metrics;
 use crate::ngx_ext::{add_pool_header, add_static_header, random_bytes, static_str};
 use crate::replay::Replay;
@@ -82,16 +83,34 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
     }
 
     // SAFETY: `r` is live.
-    let resume = unsafe { resume_position(request) };
-    let replay = (lcf.history == 1).then(|| {
-        let channels = admitted
+    let raw_resume = unsafe { resume_position(request) };
+    let resume = match &raw_resume {
+        Some(raw) => sse_core::envelope::parse_id(raw).map_or(Resume::Malformed, Resume::After),
+        None => Resume::Fresh,
+    };
+    let concrete = || {
+        admitted
             .subscriptions
             .iter()
             .filter(|p| p.is_concrete())
             .map(|p| Box::<[u8]>::from(p.as_bytes()))
-            .collect();
-        Replay::new(resume, lcf.history_start as usize, channels)
+            .collect()
+    };
+    // A Redis Cluster keeps each channel's history on its own node: one
+    // position per channel (lanes) instead of one for the stream.
+    let cluster = SseModule::main_conf(request)
+        .and_then(|m| m.redis.as_ref())
+        .is_some_and(|r| r.url.cluster.is_some());
+    let history = lcf.history == 1;
+    let lanes = (history && cluster).then(|| {
+        Lanes::new(
+            concrete(),
+            raw_resume.as_deref(),
+            lcf.history_start as usize,
+        )
     });
+    let replay =
+        (history && !cluster).then(|| Replay::new(resume, lcf.history_start as usize, concrete()));
     if let (Some(_), Resume::After(since)) = (&replay, resume) {
         // Where the replay starts, for clients that read headers.
         // SAFETY: `r` is live and its header is not sent.
@@ -139,6 +158,7 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         user: admitted.user,
         grants: admitted.grants,
         replay,
+        lanes,
         id,
         max_backlog: lcf.max_backlog,
         heartbeat_ms: lcf.heartbeat,
@@ -155,11 +175,12 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
     NGX_DONE as ngx_int_t
 }
 
-/// `Last-Event-ID` from the header or, failing that, the query argument.
+/// `Last-Event-ID` from the header or, failing that, the query argument,
+/// as the client sent it (trimmed).
 ///
 /// # Safety
 /// `request` must be live.
-unsafe fn resume_position(request: &mut Request) -> Resume {
+unsafe fn resume_position(request: &mut Request) -> Option<Vec<u8>> {
     let mut arg = static_str("");
     // SAFETY: the caller's contract; nginx only reads the name, and `arg`
     // points into the request's own buffers.
@@ -175,5 +196,5 @@ unsafe fn resume_position(request: &mut Request) -> Resume {
         .headers_in_iterator()
         .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(b"last-event-id"))
         .map(|(_, value)| value.as_bytes());
-    Resume::from_request(header, has_arg.then(|| arg.as_bytes()))
+    sse_core::history::last_event_id(header, has_arg.then(|| arg.as_bytes())).map(<[u8]>::to_vec)
 }

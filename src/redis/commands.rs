@@ -19,6 +19,8 @@ use crate::ngx_ext::cycle_log;
 pub struct Request {
     pub stream: u64,
     pub generation: u32,
+    /// Redis Cluster: the lane (channel) the read is for.
+    pub lane: Option<u32>,
 }
 
 /// What the commands connection needs from the worker.

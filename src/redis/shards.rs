@@ -21,7 +21,7 @@ use ngx::ffi::NGX_LOG_NOTICE;
 use ngx::ngx_log_error;
 
 use super::connection::Connection;
-use super::{Link, Peer, Role, Subscriber};
+use super::{Commands, Link, Peer, Role, Subscriber};
 use crate::ngx_ext::cycle_log;
 
 /// Which shard (index into the connections) serves which channel.
@@ -50,6 +50,11 @@ pub struct Shards {
     /// One subscriber per master; `None` where a master left the topology
     /// (indices travel in the connections' links, so they do not shift).
     pub conns: Vec<Option<Box<Connection<Subscriber>>>>,
+    /// With history: one commands connection per master (history reads of
+    /// its channels; each master loads the function), same indices.
+    pub commands: Vec<Option<Box<Connection<Commands>>>>,
+    /// The function library each master loads (history only).
+    function: Option<&'static str>,
     peers: Vec<Option<Peer>>,
     auth: Option<Vec<Vec<u8>>>,
     /// Where each channel is subscribed now.
@@ -62,10 +67,12 @@ pub struct Shards {
 }
 
 impl Shards {
-    pub fn new(auth: Option<Vec<Vec<u8>>>) -> Self {
+    pub fn new(auth: Option<Vec<Vec<u8>>>, function: Option<&'static str>) -> Self {
         Shards {
             map: ClusterMap::default(),
             conns: Vec::new(),
+            commands: Vec::new(),
+            function,
             peers: Vec::new(),
             auth,
             placement: HashMap::new(),
@@ -110,7 +117,26 @@ impl Shards {
     /// Whether every shard connection is up (otherwise a master may have
     /// failed over: keep reading the topology).
     pub fn all_ready(&self) -> bool {
-        self.map.topology.is_some() && self.conns.iter().flatten().all(|c| c.is_ready())
+        self.map.topology.is_some()
+            && self.conns.iter().flatten().all(|c| c.is_ready())
+            && self.commands.iter().flatten().all(|c| c.is_ready())
+    }
+
+    /// Sends a barrier on a shard's subscriber (see
+    /// [`Connection::barrier`]); false if it is not up.
+    pub fn barrier(&mut self, shard: usize, token: u64) -> bool {
+        self.conns
+            .get_mut(shard)
+            .and_then(Option::as_mut)
+            .is_some_and(|c| c.barrier(token))
+    }
+
+    /// A shard's commands connection.
+    pub fn commands_mut(&mut self, shard: usize) -> Option<&mut Connection<Commands>> {
+        self.commands
+            .get_mut(shard)
+            .and_then(Option::as_mut)
+            .map(|b| &mut **b)
     }
 
     /// A new topology: connect to new masters, leave gone ones, and move
@@ -138,6 +164,9 @@ impl Shards {
             for (i, keep) in wanted.iter().enumerate() {
                 if !keep {
                     if let Some(mut conn) = self.conns[i].take() {
+                        conn.close();
+                    }
+                    if let Some(mut conn) = self.commands[i].take() {
                         conn.close();
                     }
                     if let Some(peer) = self.peers[i].take() {
@@ -209,10 +238,25 @@ impl Shards {
             Some(i) => i,
             None => {
                 self.conns.push(None);
+                self.commands.push(None);
                 self.peers.push(None);
                 self.conns.len() - 1
             }
         };
+        if let Some(function) = self.function {
+            let link = Link {
+                role: Role::Commands,
+                shard: index + 1,
+            };
+            let mut conn = Connection::new(
+                vec![peer.clone()],
+                self.auth.clone(),
+                link,
+                Commands::new(Some(function), 0, None),
+            );
+            conn.start_soon();
+            self.commands[index] = Some(conn);
+        }
         let link = Link {
             role: Role::Subscriber,
             shard: index + 1,
@@ -231,6 +275,9 @@ impl Shards {
 
     pub fn close(&mut self) {
         for conn in self.conns.iter_mut().flatten() {
+            conn.close();
+        }
+        for conn in self.commands.iter_mut().flatten() {
             conn.close();
         }
     }

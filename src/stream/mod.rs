@@ -41,6 +41,7 @@ use sse_core::resp::Value;
 use sse_core::session::Token;
 
 use crate::frame::Frame;
+use crate::lanes::Lanes;
 use crate::metrics;
 use crate::ngx_ext::NgxStrExt;
 use crate::replay::{Live, Replay};
@@ -96,6 +97,8 @@ pub struct Opening {
     /// `None`: an open location.
     pub grants: Option<Grants>,
     pub replay: Option<Replay>,
+    /// Redis Cluster history: one lane per channel (instead of `replay`).
+    pub lanes: Option<Lanes>,
     pub id: u64,
     pub max_backlog: usize,
     pub heartbeat_ms: ngx_msec_t,
@@ -148,6 +151,8 @@ pub struct Stream {
     pub id: u64,
     /// `sse_history on`: replay, catch-up and de-duplication state.
     pub replay: Option<Replay>,
+    /// `sse_history on` with Redis Cluster: the same, per channel.
+    pub lanes: Option<Lanes>,
 }
 
 impl Stream {
@@ -190,6 +195,7 @@ impl Stream {
             dirty: false,
             id: opening.id,
             replay: opening.replay,
+            lanes: opening.lanes,
         });
         // SAFETY: `r` is live; the cleanup frees the stream with the request.
         let cln = unsafe { ngx_http_cleanup_add(r, 0) };
@@ -386,6 +392,64 @@ impl Stream {
             }
         }
         self.enqueue(frame);
+    }
+
+    /// Takes a live event with an id on a Redis Cluster history stream:
+    /// `body` is its `event:`/`data:` lines, the stream adds its own id.
+    pub fn deliver_lane(&mut self, channel: &[u8], id: u64, body: Frame, scratch: &mut Vec<u8>) {
+        let Some(lanes) = self.lanes.as_mut() else {
+            return;
+        };
+        let Some(lane) = lanes.find(channel) else {
+            return;
+        };
+        if !lanes.is_live(lane) {
+            if self.owe(body.len()) {
+                if let Some(lanes) = self.lanes.as_mut() {
+                    lanes.live(lane, id, body, scratch);
+                }
+            }
+            return;
+        }
+        let frames = lanes.live(lane, id, body, scratch);
+        if !frames.is_empty() {
+            metrics::count(Counter::EventsSent, 1);
+        }
+        for frame in frames {
+            if self.owe(frame.len()) {
+                self.queue.push_back(frame);
+            }
+        }
+    }
+
+    /// A lane's history reads are in: queue its replay and held events.
+    pub fn finish_lane(
+        &mut self,
+        lane: usize,
+        value: &Value<'_>,
+        scratch: &mut Vec<u8>,
+        max_message: usize,
+    ) -> Option<String> {
+        let lanes = self.lanes.as_mut()?;
+        let held = lanes.held_bytes(lane);
+        let budget = self.max_backlog.saturating_sub(self.pending_bytes);
+        self.pending_bytes = self.pending_bytes.saturating_sub(held);
+        let (frames, problem) = lanes.complete(
+            lane,
+            value,
+            self.user.as_deref(),
+            scratch,
+            budget,
+            max_message,
+        );
+        if self.state == State::Open {
+            metrics::count(Counter::EventsSent, (frames.len() / 2) as u64);
+            for frame in frames {
+                self.pending_bytes += frame.len();
+                self.queue.push_back(frame);
+            }
+        }
+        problem
     }
 
     /// Queues a frame; no I/O happens until [`Stream::flush`].

@@ -42,16 +42,20 @@ impl Resume {
     /// The header wins over the query argument (a reconnecting EventSource
     /// sends the header, the page's first connection can only use the query).
     pub fn from_request(header: Option<&[u8]>, arg: Option<&[u8]>) -> Resume {
-        match header
-            .filter(|h| !h.is_empty())
-            .or(arg.filter(|a| !a.is_empty()))
-        {
+        match last_event_id(header, arg) {
             None => Resume::Fresh,
-            Some(raw) => {
-                envelope::parse_id(raw.trim_ascii()).map_or(Resume::Malformed, Resume::After)
-            }
+            Some(raw) => envelope::parse_id(raw).map_or(Resume::Malformed, Resume::After),
         }
     }
+}
+
+/// The id a client resumes from, as it sent it (trimmed): the header, or
+/// failing that the query argument; `None` if neither is set.
+pub fn last_event_id<'a>(header: Option<&'a [u8]>, arg: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    header
+        .filter(|h| !h.is_empty())
+        .or(arg.filter(|a| !a.is_empty()))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// One history entry.

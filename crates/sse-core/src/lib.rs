@@ -5,6 +5,7 @@
 //! - [`cluster`]: Redis Cluster hash slots, topology, redirections;
 //! - [`channel`]: channel names and the channel lists clients ask for;
 //! - [`pattern`]: channel patterns and grants (who may read what);
+//! - [`position`]: Redis Cluster ids, one position per channel;
 //! - [`envelope`]: the optional envelope of a published message (audience);
 //! - [`history`]: Last-Event-ID resume and gap detection over Redis Streams;
 //! - [`resp`]: the Redis protocol (replies in, commands out);
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod history;
 pub mod metrics;
 pub mod pattern;
+pub mod position;
 pub mod redis_url;
 pub mod registry;
 pub mod resp;

@@ -143,6 +143,7 @@ impl std::error::Error for FormError {}
 pub fn parse_form(body: &[u8]) -> Result<ChangeForm, FormError> {
     let mut session = None;
     let mut since = None;
+    let mut seen_since = false;
     let mut add = Vec::new();
     let mut remove = Vec::new();
     for field in body.split(|&b| b == b'&').filter(|f| !f.is_empty()) {
@@ -154,8 +155,13 @@ pub fn parse_form(body: &[u8]) -> Result<ChangeForm, FormError> {
         match key.as_slice() {
             b"session" if session.is_some() => return Err(FormError::Twice("session")),
             b"session" => session = Some(Token::parse(&value).ok_or(FormError::BadToken)?),
-            b"last_event_id" if since.is_some() => return Err(FormError::Twice("last_event_id")),
+            b"last_event_id" if seen_since => return Err(FormError::Twice("last_event_id")),
+            // A Redis Cluster id (one position per channel) names no
+            // position for a channel the stream does not have yet: such an
+            // added channel starts as on a new stream.
+            b"last_event_id" if crate::position::is_vector(&value) => seen_since = true,
             b"last_event_id" => {
+                seen_since = true;
                 since = Some(parse_id(&value).ok_or_else(|| {
                     FormError::BadId(String::from_utf8_lossy(&value).into_owned())
                 })?)
