@@ -188,6 +188,8 @@ impl Lanes {
     /// A lane waits for the barrier `token` on its shard before its read.
     pub fn await_barrier(&mut self, lane: usize, token: u64) {
         if let Some(l) = self.lanes.get_mut(lane) {
+            // A live lane reads from where it is.
+            l.start.get_or_insert(Resume::After(l.position));
             l.generation = l.generation.wrapping_add(1);
             l.phase = LanePhase::AwaitingBarrier(token);
         }

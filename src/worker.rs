@@ -493,6 +493,7 @@ impl Worker {
             self.hurry_topology();
         }
         self.apply_lanes(effects);
+        let mut moved = Vec::new();
         if let Some(shards) = self.shards.as_mut() {
             for key in effects.moved.drain(..) {
                 shards.moved(&key);
@@ -503,8 +504,17 @@ impl Worker {
                 }
             }
             if let Some(topology) = effects.topology.take() {
-                if shards.apply(topology, self.registry.keys()) {
-                    sse_debug!(cycle_log(), "sse: cluster topology applied");
+                moved = shards.apply(topology, self.registry.keys());
+            }
+        }
+        // History streams of moved channels read what the move may have
+        // cost them, on the channel's new shard.
+        for key in moved {
+            let subscribers = self.registry.subscribers(&key).to_vec();
+            for sub in subscribers {
+                let lane = stream_mut(sub).lanes.as_ref().and_then(|l| l.find(&key));
+                if let Some(lane) = lane {
+                    self.lane_barriers(sub, Some(&[lane]));
                 }
             }
         }

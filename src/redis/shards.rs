@@ -141,8 +141,13 @@ impl Shards {
 
     /// A new topology: connect to new masters, leave gone ones, and move
     /// the subscriptions of `keys` (the fan-out's channels) that changed
-    /// shard. Returns whether anything changed.
-    pub fn apply<'k>(&mut self, topology: Topology, keys: impl Iterator<Item = &'k [u8]>) -> bool {
+    /// shard. Returns the channels subscribed again elsewhere (their
+    /// history streams read what the move may have cost them).
+    pub fn apply<'k>(
+        &mut self,
+        topology: Topology,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Vec<Box<[u8]>> {
         self.stale = !topology.covers_all();
         let unchanged = self.map.topology.as_ref() == Some(&topology);
         if !unchanged {
@@ -201,14 +206,14 @@ impl Shards {
             };
         }
         // Move what changed shard, and what a shard sent away.
-        let mut moved = false;
+        let mut moved = Vec::new();
         for key in keys {
             let now = self.map.shard_for(key);
             let before = self.placement.get(key).copied();
             if now == before && !self.reroute.contains(key) {
                 continue;
             }
-            moved = true;
+            moved.push(Box::<[u8]>::from(key));
             // A shard that sent the key away has dropped it already.
             let dropped = self.reroute.contains(key);
             if let Some(old) = before.filter(|b| Some(*b) != now && !dropped) {
@@ -229,7 +234,7 @@ impl Shards {
             }
         }
         self.reroute.clear();
-        !unchanged || moved
+        moved
     }
 
     /// A connection to a new master, in a free index; it connects at once.
