@@ -401,6 +401,13 @@ impl Stream {
             return;
         };
         let Some(lane) = lanes.find(channel) else {
+            // Through a pattern (no history, no lane): the event without
+            // its id, which is not a position of this stream.
+            if self.owe(body.len() + 1) {
+                metrics::count(Counter::EventsSent, 1);
+                self.queue.push_back(body);
+                self.queue.push_back(Frame::Static(b"\n"));
+            }
             return;
         };
         if !lanes.is_live(lane) {
