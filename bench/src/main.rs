@@ -3,7 +3,9 @@
 //! Starts its own redis-server and, per workload and target, a fresh nginx
 //! (same binary, one config loading nginx-sse, one loading nchan), drives it
 //! with thousands of SSE subscribers on one epoll loop and a paced publisher
-//! thread, and prints a table. See bench/README.md.
+//! thread, and prints a table. Workload fanout-cluster runs nginx-sse only,
+//! on that redis-server and on Redis Clusters it starts, in a second table.
+//! See bench/README.md.
 
 /// println!/eprintln! that never panic (a closed pipe must not abort the
 /// run before it has stopped its servers).
@@ -19,6 +21,7 @@ macro_rules! err {
 
 mod acct;
 mod client;
+mod cluster;
 mod http;
 mod publish;
 mod report;
@@ -36,7 +39,7 @@ use client::ClientInject;
 use publish::Msg;
 use report::{Row, Section};
 use server::{NginxOpts, Redis, Target};
-use workloads::{Env, Fanout};
+use workloads::{ClusterVariant, Env, Fanout};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -57,7 +60,9 @@ usage: sse-bench [run] [options]        all workloads, both targets, a table
                                         check the accounting reports exactly that
 options:
   --quick                 small sizes (a smoke run, under a minute)
-  --only W1,W2            workloads: idle,fanout-1,fanout-100,large,churn,fanout-100-pinned
+  --only W1,W2            workloads: idle,fanout-1,fanout-100,large,churn,fanout-100-pinned,
+                          fanout-cluster (nginx-sse on one redis-server vs a 3-master
+                          Redis Cluster; its own table, nchan not involved)
   --targets T1,T2         sse, nchan, nchan-nostore (default: sse,nchan; self-check: sse)
   --module PATH           nginx-sse module (default: target/release/libngx_http_sse_module.so)
   --nchan-module PATH     (default: /usr/lib/nginx/modules/ngx_nchan_module.so)
@@ -65,6 +70,7 @@ options:
   --redis-server PATH     (default: redis-server from PATH)
   --churn-cycles N         cycles of the churn workload (default 100000, quick 5000)
   --fanout-rate N          msg/s of fanout-100 and its pinned variant (default 1000, quick 500)
+  --cluster-rate N         msg/s of fanout-cluster (default 2000, quick 500)
   --retries N             run a workload again, up to N times, when other processes
                           used > 25% of a CPU during it (default 2; the least
                           disturbed run is kept)
@@ -86,6 +92,7 @@ struct Args {
     keep: bool,
     churn_cycles: Option<u64>,
     fanout_rate: Option<f64>,
+    cluster_rate: Option<f64>,
     retries: u32,
     quiet_wait: u64,
 }
@@ -134,6 +141,7 @@ fn parse_args() -> Result<Args, String> {
         keep: false,
         churn_cycles: None,
         fanout_rate: None,
+        cluster_rate: None,
         retries: 2,
         quiet_wait: 60,
     };
@@ -160,6 +168,13 @@ fn parse_args() -> Result<Args, String> {
                     val("--fanout-rate")?
                         .parse()
                         .map_err(|_| "--fanout-rate needs a number")?,
+                )
+            }
+            "--cluster-rate" => {
+                a.cluster_rate = Some(
+                    val("--cluster-rate")?
+                        .parse()
+                        .map_err(|_| "--cluster-rate needs a number")?,
                 )
             }
             "--churn-cycles" => {
@@ -209,7 +224,25 @@ fn main() -> ExitCode {
     } else {
         vec![Target::Sse, Target::Nchan]
     });
-    for t in &targets {
+    // The modules the run loads: those of --targets if a workload other
+    // than fanout-cluster runs; fanout-cluster runs nginx-sse whatever
+    // --targets says.
+    let only = |keep: &dyn Fn(&str) -> bool| {
+        args.only
+            .as_ref()
+            .map_or(true, |o| o.iter().any(|w| keep(w)))
+    };
+    let wants_targets = args.self_check || only(&|w| w != CLUSTER_WORKLOAD);
+    let wants_cluster = !args.self_check && only(&|w| w == CLUSTER_WORKLOAD);
+    let mut modules = if wants_targets {
+        targets.clone()
+    } else {
+        Vec::new()
+    };
+    if wants_cluster && !modules.contains(&Target::Sse) {
+        modules.push(Target::Sse);
+    }
+    for t in &modules {
         let m = if *t == Target::Sse {
             &args.module
         } else {
@@ -231,7 +264,7 @@ fn main() -> ExitCode {
     // nginx loads a private copy: a rebuild of the module during the run
     // cannot change what is measured.
     let module_copy = tmp.join("libngx_http_sse_module.so");
-    if targets.contains(&Target::Sse) {
+    if modules.contains(&Target::Sse) {
         if let Err(e) = std::fs::copy(&args.module, &module_copy) {
             errln!("sse-bench: copying {}: {e}", args.module);
             return ExitCode::from(2);
@@ -287,7 +320,10 @@ struct Plan {
     f100: Fanout,
     large: Fanout,
     churn: (u64, usize, u32),
+    cluster: Fanout,
 }
+
+const CLUSTER_WORKLOAD: &str = "fanout-cluster";
 
 fn fanout(name: &str, channels: u32, subs: u32, rate: f64, secs: f64, size: usize) -> Fanout {
     Fanout {
@@ -311,6 +347,7 @@ fn plan(quick: bool) -> Plan {
             f100: fanout("fanout-100", 100, 1000, 500.0, 2.0, 128),
             large: fanout("large", 5, 100, 20.0, 2.0, 16384),
             churn: (5000, 100, 100),
+            cluster: fanout(CLUSTER_WORKLOAD, 30, 1000, 500.0, 2.0, 128),
         }
     } else {
         Plan {
@@ -319,6 +356,7 @@ fn plan(quick: bool) -> Plan {
             f100: fanout("fanout-100", 100, 10_000, 1000.0, 10.0, 128),
             large: fanout("large", 10, 1000, 50.0, 10.0, 16384),
             churn: (100_000, 500, 100),
+            cluster: fanout(CLUSTER_WORKLOAD, 300, 10_000, 2000.0, 10.0, 128),
         }
     }
 }
@@ -348,6 +386,9 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
     if let Some(r) = args.fanout_rate {
         p.f100.rate = r;
     }
+    if let Some(r) = args.cluster_rate {
+        p.cluster.rate = r;
+    }
     let mut pinned = p.f100.clone();
     pinned.name = "fanout-100-pinned".into();
     pinned.pin = true;
@@ -358,6 +399,7 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
         "large",
         "churn",
         "fanout-100-pinned",
+        CLUSTER_WORKLOAD,
     ];
     let wanted: Vec<&str> = all
         .iter()
@@ -374,15 +416,26 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
             return ExitCode::from(2);
         }
     }
+    // Workloads with a column per target (all but fanout-cluster).
+    let side_by_side = wanted.iter().any(|w| *w != CLUSTER_WORKLOAD);
+    let mut title: Vec<String> = Vec::new();
+    if side_by_side {
+        title.push(
+            targets
+                .iter()
+                .map(|t| t.label())
+                .collect::<Vec<_>>()
+                .join(" vs "),
+        );
+    }
+    if wanted.contains(&CLUSTER_WORKLOAD) {
+        title.push("nginx-sse on one redis-server vs on a Redis Cluster".into());
+    }
     let mut header = String::new();
     header.push_str(&format!(
         "sse-bench{} — {}\n\n",
         if args.quick { " --quick" } else { "" },
-        targets
-            .iter()
-            .map(|t| t.label())
-            .collect::<Vec<_>>()
-            .join(" vs ")
+        title.join("; ")
     ));
     header.push_str(&format!(
         "- nginx: {} ({})\n",
@@ -390,18 +443,23 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
         cmd_out(&args.nginx, &["-v"]).trim()
     ));
     header.push_str(&format!(
-        "- nginx-sse module: {} ({})\n- nchan module: {} (Debian libnginx-mod-nchan {})\n",
+        "- nginx-sse module: {} ({})\n",
         args.module,
         module_provenance(&args.module),
-        args.nchan_module,
-        cmd_out("dpkg-query", &["-W", "-f=${Version}", "libnginx-mod-nchan"]).trim()
     ));
+    if side_by_side && targets.iter().any(|&t| t != Target::Sse) {
+        header.push_str(&format!(
+            "- nchan module: {} (Debian libnginx-mod-nchan {})\n",
+            args.nchan_module,
+            cmd_out("dpkg-query", &["-W", "-f=${Version}", "libnginx-mod-nchan"]).trim()
+        ));
+    }
     header.push_str(&format!(
         "- redis-server: {}\n",
         cmd_out(&args.redis, &["--version"]).trim()
     ));
     header.push_str(&format!(
-        "- both nginx configs: worker_processes 2, worker_connections 65536, worker_rlimit_nofile {}, access_log off; nchan: Redis via upstream (nchan_redis_pass), subscriber eventsource, first message newest, ping 30 s\n",
+        "- nginx configs: worker_processes 2, worker_connections 65536, worker_rlimit_nofile {}, access_log off; nchan: Redis via upstream (nchan_redis_pass), subscriber eventsource, first message newest, ping 30 s\n",
         hard.min(65536)
     ));
     header.push_str(&format!(
@@ -423,6 +481,11 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
                 "{} connect / first bytes / close cycles, {} at a time, over {} channels (client closes with RST)",
                 p.churn.0, p.churn.1, p.churn.2
             ),
+            CLUSTER_WORKLOAD => format!(
+                "{}; nginx-sse on the run's redis-server (PUBLISH) vs a Redis Cluster of {} masters on loopback, no replicas (SPUBLISH to the channel's master; then plain PUBLISH there)",
+                describe(&p.cluster),
+                workloads::CLUSTER_MASTERS
+            ),
             _ => describe(&pinned),
         };
         header.push_str(&format!("- {w}: {d}\n"));
@@ -430,110 +493,38 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
     err!("{}", &header[list_from..]);
     let t_all = Instant::now();
     let mut sections = Vec::new();
+    let mut cluster_sections = Vec::new();
     for w in &wanted {
         let mut sec = Section {
             workload: w.to_string(),
             results: Vec::new(),
         };
+        if *w == CLUSTER_WORKLOAD {
+            for v in ClusterVariant::ALL {
+                let who = format!("{}/{}", Target::Sse.label(), v.label());
+                let mut run =
+                    |env: &mut Env| workloads::fanout_cluster(env, v, &p.cluster, &args.redis);
+                let Some(r) = run_kept(env, args, w, &who, t_all, &mut run) else {
+                    break;
+                };
+                sec.results.push((v.label().to_string(), r));
+            }
+            cluster_sections.push(sec);
+            continue;
+        }
         for &t in targets {
-            if stopping() {
-                break;
-            }
-            // On this shared machine other sessions' jobs come and go: wait
-            // for a quiet moment, and run again (up to --retries times) if
-            // something else took more than a quarter of a CPU meanwhile;
-            // the run with the least interference is kept.
-            #[allow(clippy::type_complexity)]
-            let mut best: Option<(
-                f64,
-                std::io::Result<Vec<Row>>,
-                Vec<String>,
-                Vec<(String, Vec<String>)>,
-            )> = None;
-            for attempt in 0..=args.retries {
-                if stopping() {
-                    break;
-                }
-                let quiet = wait_quiet(args.quiet_wait);
-                // Notes of this attempt are kept only if the attempt is.
-                let (notes0, log_notes0) = (env.notes.len(), env.log_notes.clone());
-                let t0 = Instant::now();
-                err!(
-                    "[{:>6.1}s] {w} / {}{} ...",
-                    t_all.elapsed().as_secs_f64(),
-                    t.label(),
-                    if attempt > 0 {
-                        format!(" (attempt {})", attempt + 1)
-                    } else {
-                        String::new()
-                    }
-                );
-                if !quiet {
-                    err!(
-                        " (machine not quiet after {} s, running anyway)",
-                        args.quiet_wait
-                    );
-                }
-                let r: std::io::Result<Vec<Row>> = match *w {
-                    "idle" => workloads::idle(env, t, p.idle.0, p.idle.1),
-                    "fanout-1" => workloads::fanout(env, t, &p.f1).map(|r| r.0),
-                    "fanout-100" => workloads::fanout(env, t, &p.f100).map(|r| r.0),
-                    "large" => workloads::fanout(env, t, &p.large).map(|r| r.0),
-                    "churn" => workloads::churn(env, t, p.churn.0, p.churn.1, p.churn.2),
-                    _ => workloads::fanout(env, t, &pinned).map(|r| r.0),
-                };
-                let others = r
-                    .as_ref()
-                    .ok()
-                    .and_then(|rows| rows.iter().find(|r| r.metric == workloads::OTHERS_METRIC))
-                    .and_then(|r| match r.val {
-                        report::Val::Num(v, _) => Some(v),
-                        _ => None,
-                    })
-                    .unwrap_or(0.0);
-                errln!(
-                    " {:.1}s{}{}",
-                    t0.elapsed().as_secs_f64(),
-                    if r.is_err() { " FAILED" } else { "" },
-                    if others > OTHERS_LIMIT {
-                        format!(" (other processes used {others:.0}% of a CPU)")
-                    } else {
-                        String::new()
-                    }
-                );
-                let notes = env.notes.split_off(notes0);
-                let log_notes = std::mem::replace(&mut env.log_notes, log_notes0);
-                let better = match &best {
-                    None => true,
-                    Some((b, Err(_), _, _)) => r.is_ok() || others < *b,
-                    Some((b, Ok(_), _, _)) => r.is_ok() && others < *b,
-                };
-                if better {
-                    best = Some((others, r, notes, log_notes));
-                }
-                if best
-                    .as_ref()
-                    .is_some_and(|(o, r, _, _)| r.is_ok() && *o <= OTHERS_LIMIT)
-                {
-                    break;
-                }
-            }
-            let Some((others, r, notes, log_notes)) = best else {
+            let mut run = |env: &mut Env| match *w {
+                "idle" => workloads::idle(env, t, p.idle.0, p.idle.1),
+                "fanout-1" => workloads::fanout(env, t, &p.f1).map(|r| r.0),
+                "fanout-100" => workloads::fanout(env, t, &p.f100).map(|r| r.0),
+                "large" => workloads::fanout(env, t, &p.large).map(|r| r.0),
+                "churn" => workloads::churn(env, t, p.churn.0, p.churn.1, p.churn.2),
+                _ => workloads::fanout(env, t, &pinned).map(|r| r.0),
+            };
+            let Some(r) = run_kept(env, args, w, t.label(), t_all, &mut run) else {
                 break;
             };
-            env.notes.extend(notes);
-            env.log_notes = log_notes;
-            if others > OTHERS_LIMIT {
-                env.notes.push(format!(
-                    "{w} / {}: other processes used {others:.0}% of a CPU during the kept run (the least of {} attempts)",
-                    t.label(),
-                    args.retries + 1
-                ));
-            }
-            if let Err(e) = &r {
-                env.notes.push(format!("{w} / {}: FAILED: {e}", t.label()));
-            }
-            sec.results.push((t, r.map_err(|e| e.to_string())));
+            sec.results.push((t.label().to_string(), r));
         }
         sections.push(sec);
     }
@@ -542,7 +533,23 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
         "\ntotal time: {:.0} s\n\n",
         t_all.elapsed().as_secs_f64()
     ));
-    out.push_str(&report::table(targets, &sections));
+    if !sections.is_empty() {
+        let cols: Vec<&str> = targets.iter().map(|t| t.label()).collect();
+        out.push_str(&report::table(&cols, Some((0, 1)), &sections));
+    }
+    if !cluster_sections.is_empty() {
+        if !sections.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{CLUSTER_WORKLOAD}: nginx-sse only (nchan has no comparable Redis Cluster support), \
+             the same load on one redis-server and on a Redis Cluster of {} masters; \
+             redis CPU sums all redis-server processes of the column\n\n",
+            workloads::CLUSTER_MASTERS
+        ));
+        let cols: Vec<&str> = ClusterVariant::ALL.iter().map(|v| v.label()).collect();
+        out.push_str(&report::table(&cols, Some((1, 0)), &cluster_sections));
+    }
     if !env.notes.is_empty() || !env.log_notes.is_empty() {
         out.push_str("\nnotes (error.log lines, client errors, anomalies):\n");
         for (n, wls) in &env.log_notes {
@@ -563,6 +570,101 @@ fn run_all(env: &mut Env, args: &Args, targets: &[Target], hard: u64) -> ExitCod
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs one column (`who`) of workload `w`. On this shared machine other
+/// sessions' jobs come and go: it waits for a quiet moment, and runs again
+/// (up to --retries times) if something else took more than a quarter of a
+/// CPU meanwhile; the run with the least interference is kept, with its
+/// notes. `None` if stopped before any run.
+fn run_kept(
+    env: &mut Env,
+    args: &Args,
+    w: &str,
+    who: &str,
+    t_all: Instant,
+    run: &mut dyn FnMut(&mut Env) -> std::io::Result<Vec<Row>>,
+) -> Option<Result<Vec<Row>, String>> {
+    #[allow(clippy::type_complexity)]
+    let mut best: Option<(
+        f64,
+        std::io::Result<Vec<Row>>,
+        Vec<String>,
+        Vec<(String, Vec<String>)>,
+    )> = None;
+    for attempt in 0..=args.retries {
+        if stopping() {
+            break;
+        }
+        let quiet = wait_quiet(args.quiet_wait);
+        // Notes of this attempt are kept only if the attempt is.
+        let (notes0, log_notes0) = (env.notes.len(), env.log_notes.clone());
+        let t0 = Instant::now();
+        err!(
+            "[{:>6.1}s] {w} / {who}{} ...",
+            t_all.elapsed().as_secs_f64(),
+            if attempt > 0 {
+                format!(" (attempt {})", attempt + 1)
+            } else {
+                String::new()
+            }
+        );
+        if !quiet {
+            err!(
+                " (machine not quiet after {} s, running anyway)",
+                args.quiet_wait
+            );
+        }
+        let r = run(env);
+        let others = r
+            .as_ref()
+            .ok()
+            .and_then(|rows| rows.iter().find(|r| r.metric == workloads::OTHERS_METRIC))
+            .and_then(|r| match r.val {
+                report::Val::Num(v, _) => Some(v),
+                _ => None,
+            })
+            .unwrap_or(0.0);
+        errln!(
+            " {:.1}s{}{}",
+            t0.elapsed().as_secs_f64(),
+            if r.is_err() { " FAILED" } else { "" },
+            if others > OTHERS_LIMIT {
+                format!(" (other processes used {others:.0}% of a CPU)")
+            } else {
+                String::new()
+            }
+        );
+        let notes = env.notes.split_off(notes0);
+        let log_notes = std::mem::replace(&mut env.log_notes, log_notes0);
+        let better = match &best {
+            None => true,
+            Some((b, Err(_), _, _)) => r.is_ok() || others < *b,
+            Some((b, Ok(_), _, _)) => r.is_ok() && others < *b,
+        };
+        if better {
+            best = Some((others, r, notes, log_notes));
+        }
+        if best
+            .as_ref()
+            .is_some_and(|(o, r, _, _)| r.is_ok() && *o <= OTHERS_LIMIT)
+        {
+            break;
+        }
+    }
+    let (others, r, notes, log_notes) = best?;
+    env.notes.extend(notes);
+    env.log_notes = log_notes;
+    if others > OTHERS_LIMIT {
+        env.notes.push(format!(
+            "{w} / {who}: other processes used {others:.0}% of a CPU during the kept run (the least of {} attempts)",
+            args.retries + 1
+        ));
+    }
+    if let Err(e) = &r {
+        env.notes.push(format!("{w} / {who}: FAILED: {e}"));
+    }
+    Some(r.map_err(|e| e.to_string()))
 }
 
 /// When the module file was built, and the workspace commit it sits in.
@@ -591,12 +693,25 @@ fn module_provenance(module: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    // Uncommitted changes to the module's sources are part of the build.
+    let dirty = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--", ":/src", ":/crates"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0);
     let sha = cmd_out("sha256sum", &[module]);
     format!(
-        "sha256 {}, file built {}; workspace HEAD {}",
+        "sha256 {}, file built {}; workspace HEAD {}{}",
         sha.get(..12).unwrap_or("?"),
         built.trim(),
-        if head.is_empty() { "?" } else { &head }
+        if head.is_empty() { "?" } else { &head },
+        if dirty > 0 {
+            format!(" plus uncommitted changes to {dirty} files of src/ and crates/")
+        } else {
+            String::new()
+        }
     )
 }
 

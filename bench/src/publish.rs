@@ -1,6 +1,7 @@
 //! The publisher: Redis PUBLISH pipelined on one raw RESP connection (for
-//! nginx-sse), or HTTP POSTs on keep-alive connections (for nchan), paced
-//! to a message rate.
+//! nginx-sse; SPUBLISH on one connection per cluster master for the
+//! cluster workload), or HTTP POSTs on keep-alive connections (for nchan),
+//! paced to a message rate.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -15,14 +16,24 @@ use crate::http::ResponseReader;
 use crate::sys;
 
 pub enum Kind {
-    Redis,
-    /// POST `{path_prefix}{channel}`.
-    Http {
-        path_prefix: String,
+    /// `command` (`PUBLISH` or `SPUBLISH`) pipelined on one connection per
+    /// port; channel `c` goes on connection `route[c]` (connection 0 when
+    /// the route is empty).
+    Redis {
+        command: &'static str,
+        route: Vec<usize>,
     },
+    /// POST `{path_prefix}{channel}`.
+    Http { path_prefix: String },
+}
+
+/// The connection (index into the publisher's) a channel is published on.
+fn conn_of(route: &[usize], chan: u32) -> usize {
+    route.get(chan as usize).copied().unwrap_or(0)
 }
 
 struct PConn {
+    port: u16,
     sock: TcpStream,
     out: Vec<u8>,
     out_off: usize,
@@ -39,6 +50,7 @@ impl PConn {
         sock.set_nodelay(true)?;
         sock.set_nonblocking(true)?;
         Ok(PConn {
+            port,
             sock,
             out: Vec::new(),
             out_off: 0,
@@ -66,7 +78,6 @@ pub struct PubStats {
 
 pub struct Publisher {
     kind: Kind,
-    port: u16,
     conns: Vec<PConn>,
     pub st: PubStats,
     payload: Vec<u8>,
@@ -74,19 +85,29 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// `conns` connections to 127.0.0.1:`port` (Redis uses one).
-    pub fn connect(kind: Kind, port: u16, conns: usize) -> io::Result<Publisher> {
-        let n = match kind {
-            Kind::Redis => 1,
-            Kind::Http { .. } => conns.max(1),
-        };
+    /// One connection to 127.0.0.1:`port` for each entry of `ports` (the
+    /// same port may appear several times: HTTP keep-alive connections).
+    pub fn connect(kind: Kind, ports: &[u16]) -> io::Result<Publisher> {
+        if ports.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "publisher without a port",
+            ));
+        }
+        if let Kind::Redis { route, .. } = &kind {
+            if route.iter().any(|&c| c >= ports.len()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "publisher route names a connection it does not have",
+                ));
+            }
+        }
         let mut v = Vec::new();
-        for _ in 0..n {
+        for &port in ports {
             v.push(PConn::open(port)?);
         }
         Ok(Publisher {
             kind,
-            port,
             conns: v,
             st: PubStats::default(),
             payload: Vec::new(),
@@ -98,8 +119,11 @@ impl Publisher {
     /// most one publish in flight, so its messages reach the server in
     /// sequence order, as they do on the single Redis connection.
     pub fn can_send(&self, chan: u32) -> bool {
-        match self.kind {
-            Kind::Redis => self.conns[0].out.len() - self.conns[0].out_off < (4 << 20),
+        match &self.kind {
+            Kind::Redis { route, .. } => {
+                let c = &self.conns[conn_of(route, chan)];
+                c.out.len() - c.out_off < (4 << 20)
+            }
             Kind::Http { .. } => {
                 self.conns.iter().any(|c| c.inflight == 0)
                     && !self
@@ -123,18 +147,18 @@ impl Publisher {
             run,
         };
         acct::encode(&mut self.payload, stamp, size);
-        let c = match self.kind {
-            Kind::Redis => &mut self.conns[0],
+        let c = match &self.kind {
+            Kind::Redis { route, .. } => &mut self.conns[conn_of(route, chan)],
             Kind::Http { .. } => match self.conns.iter_mut().find(|c| c.inflight == 0) {
                 Some(c) => c,
                 None => return,
             },
         };
         match &self.kind {
-            Kind::Redis => {
+            Kind::Redis { command, .. } => {
                 resp::encode_command(
                     &mut c.out,
-                    &[&b"PUBLISH"[..], channel.as_bytes(), &self.payload],
+                    &[command.as_bytes(), channel.as_bytes(), &self.payload],
                 );
             }
             Kind::Http { path_prefix } => {
@@ -190,7 +214,7 @@ impl Publisher {
                         self.st.errors += c.inflight;
                         self.st.replies += c.inflight;
                         self.st.reconnects += 1;
-                        match PConn::open(self.port) {
+                        match PConn::open(c.port) {
                             Ok(nc) => *c = nc,
                             Err(e) => {
                                 note(&mut self.st, format!("publisher reconnect: {e}"));
@@ -202,7 +226,7 @@ impl Publisher {
                     Ok(n) => {
                         let data = &self.rbuf[..n];
                         match self.kind {
-                            Kind::Redis => {
+                            Kind::Redis { .. } => {
                                 c.resp.extend_from_slice(data);
                                 redis_replies(c, &mut self.st);
                             }
@@ -271,7 +295,8 @@ fn flush(c: &mut PConn, st: &mut PubStats) {
     }
 }
 
-/// Consumes complete RESP replies to PUBLISH (integers; errors counted).
+/// Consumes complete RESP replies to PUBLISH / SPUBLISH (integers; errors
+/// counted, a cluster's `-MOVED` included).
 fn redis_replies(c: &mut PConn, st: &mut PubStats) {
     let mut pos = 0;
     loop {
@@ -514,24 +539,11 @@ mod tests {
         assert!(c.resp.is_empty() && c.inflight == 0);
     }
 
-    #[test]
-    fn publish_commands_are_resp_arrays() {
-        let (c, listener) = pconn_with(b"", 0);
-        let (mut server, _) = listener.accept().unwrap();
+    /// Reads one complete RESP command from `server`.
+    fn read_command(server: &mut std::net::TcpStream) -> Vec<u8> {
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let mut p = Publisher {
-            kind: Kind::Redis,
-            port: 0,
-            conns: vec![c],
-            st: PubStats::default(),
-            payload: Vec::new(),
-            rbuf: Vec::new(),
-        };
-        p.publish("bench:7", 7, 1, 1, 64);
-        assert_eq!(p.st.sent, 1);
-        // What Redis receives is PUBLISH <channel> <payload>.
         let mut received = Vec::new();
         let mut scanner = Scanner::new();
         let mut tmp = [0u8; 4096];
@@ -544,6 +556,27 @@ mod tests {
             received.extend_from_slice(&tmp[..n]);
         };
         assert_eq!(len, received.len());
+        received
+    }
+
+    #[test]
+    fn publish_commands_are_resp_arrays() {
+        let (c, listener) = pconn_with(b"", 0);
+        let (mut server, _) = listener.accept().unwrap();
+        let mut p = Publisher {
+            kind: Kind::Redis {
+                command: "PUBLISH",
+                route: Vec::new(),
+            },
+            conns: vec![c],
+            st: PubStats::default(),
+            payload: Vec::new(),
+            rbuf: Vec::new(),
+        };
+        p.publish("bench:7", 7, 1, 1, 64);
+        assert_eq!(p.st.sent, 1);
+        // What Redis receives is PUBLISH <channel> <payload>.
+        let received = read_command(&mut server);
         let (value, _) = resp::parse(&received).unwrap().unwrap();
         assert_eq!(
             value,
@@ -553,5 +586,40 @@ mod tests {
                 Value::Bulk(Some(&p.payload)),
             ]))
         );
+    }
+
+    #[test]
+    fn sharded_publishes_go_to_the_channels_master() {
+        let (l0, l1) = (
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let ports = [
+            l0.local_addr().unwrap().port(),
+            l1.local_addr().unwrap().port(),
+        ];
+        let kind = |route: Vec<usize>| Kind::Redis {
+            command: "SPUBLISH",
+            route,
+        };
+        assert!(Publisher::connect(kind(vec![0, 2]), &ports).is_err());
+        assert!(Publisher::connect(kind(vec![]), &[]).is_err());
+        // Channel 0 on connection 1, channel 1 on connection 0.
+        let mut p = Publisher::connect(kind(vec![1, 0]), &ports).unwrap();
+        let (mut s0, mut s1) = (l0.accept().unwrap().0, l1.accept().unwrap().0);
+        assert!(p.can_send(0) && p.can_send(1));
+        p.publish("a", 0, 1, 1, 64);
+        let to_1 = read_command(&mut s1);
+        p.publish("b", 1, 1, 1, 64);
+        let to_0 = read_command(&mut s0);
+        for (raw, chan) in [(&to_1, &b"a"[..]), (&to_0, b"b")] {
+            let (value, _) = resp::parse(raw).unwrap().unwrap();
+            let Value::Array(Some(items)) = value else {
+                panic!("{value:?}")
+            };
+            assert_eq!(items[0], Value::Bulk(Some(b"SPUBLISH")));
+            assert_eq!(items[1], Value::Bulk(Some(chan)));
+        }
+        assert_eq!(p.outstanding(), 2);
     }
 }

@@ -1,7 +1,5 @@
 //! The side-by-side table.
 
-use crate::server::Target;
-
 #[derive(Debug, Clone)]
 pub enum Val {
     Num(f64, usize),
@@ -29,10 +27,11 @@ impl Row {
     }
 }
 
-/// One workload's results for every target that ran it.
+/// One workload's results for every column (target, or Redis set-up) that
+/// ran it, by column label.
 pub struct Section {
     pub workload: String,
-    pub results: Vec<(Target, Result<Vec<Row>, String>)>,
+    pub results: Vec<(String, Result<Vec<Row>, String>)>,
 }
 
 fn fmt_val(v: &Val) -> String {
@@ -65,17 +64,14 @@ fn group(s: &str) -> String {
     }
 }
 
-/// A markdown table: workload | metric | one column per target | ratio of
-/// the first target to the second.
-pub fn table(targets: &[Target], sections: &[Section]) -> String {
+/// A markdown table: workload | metric | one column per label in `cols` |
+/// the ratio of column `ratio.0` to column `ratio.1`, if asked for.
+pub fn table(cols: &[&str], ratio: Option<(usize, usize)>, sections: &[Section]) -> String {
+    let ratio = ratio.filter(|&(a, b)| a != b && a < cols.len() && b < cols.len());
     let mut head = vec!["workload".to_string(), "metric".to_string()];
-    head.extend(targets.iter().map(|t| t.label().to_string()));
-    if targets.len() >= 2 {
-        head.push(format!(
-            "ratio {}/{}",
-            targets[0].label(),
-            targets[1].label()
-        ));
+    head.extend(cols.iter().map(|c| c.to_string()));
+    if let Some((a, b)) = ratio {
+        head.push(format!("ratio {}/{}", cols[a], cols[b]));
     }
     let mut lines: Vec<Vec<String>> = Vec::new();
     for s in sections {
@@ -90,10 +86,10 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
                 }
             }
         }
-        let get = |t: Target, m: &str| -> Option<Val> {
+        let get = |col: &str, m: &str| -> Option<Val> {
             s.results
                 .iter()
-                .find(|(tt, _)| *tt == t)
+                .find(|(c, _)| c == col)
                 .and_then(|(_, r)| match r {
                     Ok(rows) => rows
                         .iter()
@@ -116,18 +112,18 @@ pub fn table(targets: &[Target], sections: &[Section]) -> String {
                 m.clone(),
             ];
             first = false;
-            let vals: Vec<Option<Val>> = targets.iter().map(|&t| get(t, m)).collect();
+            let vals: Vec<Option<Val>> = cols.iter().map(|c| get(c, m)).collect();
             for (i, v) in vals.iter().enumerate() {
                 line.push(match v {
                     Some(v) => fmt_val(v),
-                    None => match s.results.iter().find(|(t, _)| *t == targets[i]) {
+                    None => match s.results.iter().find(|(c, _)| c == cols[i]) {
                         Some((_, Err(e))) => format!("failed: {}", e.lines().next().unwrap_or("")),
                         _ => "—".into(),
                     },
                 });
             }
-            if targets.len() >= 2 {
-                line.push(match (&vals[0], &vals[1]) {
+            if let Some((a, b)) = ratio {
+                line.push(match (&vals[a], &vals[b]) {
                     (Some(Val::Num(a, _)), Some(Val::Num(b, _))) if *b != 0.0 && *a != 0.0 => {
                         format!("{:.2}", a / b)
                     }
@@ -200,13 +196,13 @@ mod tests {
             workload: "w".into(),
             results: vec![
                 (
-                    Target::Sse,
+                    "nginx-sse".into(),
                     Ok(vec![Row::num("a", 2.0, 1), Row::text("b", "x".into())]),
                 ),
-                (Target::Nchan, Ok(vec![Row::num("a", 8.0, 1)])),
+                ("nchan".into(), Ok(vec![Row::num("a", 8.0, 1)])),
             ],
         };
-        let t = table(&[Target::Sse, Target::Nchan], &[s]);
+        let t = table(&["nginx-sse", "nchan"], Some((0, 1)), &[s]);
         assert!(
             t.contains("| w        | a      |       2.0 |   8.0 |                  0.25 |"),
             "{t}"
@@ -216,5 +212,31 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("x |     — |"), "{t}");
+    }
+
+    #[test]
+    fn ratio_of_chosen_columns() {
+        let s = Section {
+            workload: "w".into(),
+            results: vec![
+                ("one".into(), Ok(vec![Row::num("a", 4.0, 0)])),
+                ("two".into(), Ok(vec![Row::num("a", 1.0, 0)])),
+                ("three".into(), Err("boom\nmore".into())),
+            ],
+        };
+        let t = table(&["one", "two", "three"], Some((1, 0)), &[s]);
+        assert!(
+            t.starts_with("| workload | metric | one | two |        three | ratio two/one |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("|   4 |   1 | failed: boom |          0.25 |"),
+            "{t}"
+        );
+        let s = Section {
+            workload: "w".into(),
+            results: vec![("one".into(), Ok(vec![Row::num("a", 4.0, 0)]))],
+        };
+        assert!(!table(&["one"], Some((0, 1)), &[s]).contains("ratio"));
     }
 }

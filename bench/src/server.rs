@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cluster::RedisCluster;
 use crate::publish::redis_cmd;
 use crate::sys::{self, Mem};
 
@@ -39,6 +40,11 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(bin: &str, dir: &Path) -> io::Result<Redis> {
+        Redis::start_with(bin, dir, &[])
+    }
+
+    /// A redis-server with `extra` arguments (cluster mode), its files in `dir`.
+    pub fn start_with(bin: &str, dir: &Path, extra: &[&str]) -> io::Result<Redis> {
         let port = free_port()?;
         let mut cmd = Command::new(bin);
         unsafe {
@@ -65,6 +71,7 @@ impl Redis {
                 &dir.join("redis.log").to_string_lossy(),
             ])
             .args(["--dir", &dir.to_string_lossy()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -78,10 +85,6 @@ impl Redis {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
-    }
-
-    pub fn cpu_ns(&self) -> u64 {
-        sys::proc_stat(self.pid()).map(|s| s.cpu_ns).unwrap_or(0)
     }
 }
 
@@ -97,6 +100,55 @@ impl Drop for Redis {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The Redis an nginx reads: the run's redis-server, or a Redis Cluster.
+#[derive(Clone, Copy)]
+pub enum Backend<'a> {
+    Standalone(&'a Redis),
+    Cluster(&'a RedisCluster),
+}
+
+impl Backend<'_> {
+    /// Client ports: the server, or every master.
+    pub fn ports(&self) -> Vec<u16> {
+        match self {
+            Backend::Standalone(r) => vec![r.port],
+            Backend::Cluster(c) => c.ports(),
+        }
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        match self {
+            Backend::Standalone(r) => vec![r.pid()],
+            Backend::Cluster(c) => c.nodes.iter().map(Redis::pid).collect(),
+        }
+    }
+
+    /// utime + stime of each redis-server process, ns.
+    pub fn cpu_ns_each(&self) -> Vec<u64> {
+        self.pids()
+            .into_iter()
+            .map(|p| sys::proc_stat(p).map(|s| s.cpu_ns).unwrap_or(0))
+            .collect()
+    }
+
+    /// utime + stime of all its redis-server processes, ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.cpu_ns_each().iter().sum()
+    }
+
+    /// What nginx-sse's `sse_redis_url` says.
+    pub fn url(&self) -> String {
+        match self {
+            Backend::Standalone(r) => format!("redis://127.0.0.1:{}", r.port),
+            Backend::Cluster(c) => c.url(),
+        }
+    }
+
+    fn clients(&self) -> u64 {
+        self.ports().into_iter().map(redis_clients).sum()
     }
 }
 
@@ -146,7 +198,15 @@ pub struct NginxOpts<'a> {
     pub cpus: Option<Vec<usize>>,
 }
 
-pub fn config(t: Target, o: &NginxOpts, prefix: &Path, port: u16, redis_port: u16) -> String {
+/// `redis_url` is nginx-sse's `sse_redis_url`; nchan gets `redis_port`.
+pub fn config(
+    t: Target,
+    o: &NginxOpts,
+    prefix: &Path,
+    port: u16,
+    redis_url: &str,
+    redis_port: u16,
+) -> String {
     let p = prefix.display();
     let common_head = format!(
         "daemon off;\nmaster_process on;\nworker_processes 2;\n\
@@ -161,7 +221,7 @@ pub fn config(t: Target, o: &NginxOpts, prefix: &Path, port: u16, redis_port: u1
     );
     match t {
         Target::Sse => format!(
-            "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    sse_redis_url redis://127.0.0.1:{redis_port};\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        keepalive_requests 1000000;\n        location = /sub {{\n            sse_channel $arg_channels;\n            sse_heartbeat 30s;\n            sse_max_backlog 4m;\n        }}\n    }}\n}}\n",
+            "load_module {module};\n{common_head}\nhttp {{\n{http_head}\n    sse_redis_url {redis_url};\n\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        keepalive_requests 1000000;\n        location = /sub {{\n            sse_channel $arg_channels;\n            sse_heartbeat 30s;\n            sse_max_backlog 4m;\n        }}\n    }}\n}}\n",
             module = o.sse_module
         ),
         Target::Nchan | Target::NchanNostore => {
@@ -179,17 +239,22 @@ pub struct Nginx {
     pub port: u16,
     pub prefix: PathBuf,
     pub master: i32,
-    pub target: Target,
 }
 
 impl Nginx {
-    pub fn start(t: Target, o: &NginxOpts, prefix: &Path, redis_port: u16) -> io::Result<Nginx> {
+    pub fn start(t: Target, o: &NginxOpts, prefix: &Path, redis: Backend) -> io::Result<Nginx> {
+        if t != Target::Sse && matches!(redis, Backend::Cluster(_)) {
+            return Err(io::Error::other(
+                "only nginx-sse is benchmarked on a Redis Cluster",
+            ));
+        }
         let _ = fs::remove_dir_all(prefix);
         fs::create_dir_all(prefix)?;
-        let clients0 = redis_clients(redis_port);
+        let clients0 = redis.clients();
         let port = free_port()?;
         let conf = prefix.join("nginx.conf");
-        fs::write(&conf, config(t, o, prefix, port, redis_port))?;
+        let redis_port = redis.ports()[0];
+        fs::write(&conf, config(t, o, prefix, port, &redis.url(), redis_port))?;
         let mut cmd = Command::new(o.nginx_bin);
         cmd.arg("-p")
             .arg(prefix)
@@ -221,7 +286,6 @@ impl Nginx {
             port,
             prefix: prefix.to_path_buf(),
             master,
-            target: t,
         };
         let pidfile = prefix.join("nginx.pid");
         let started = wait_for("nginx", Duration::from_secs(10), || {
@@ -235,11 +299,11 @@ impl Nginx {
             return Err(io::Error::other(format!("{e}\n{log}{err}")));
         }
         // Each worker connects to Redis once it runs: wait for two more
-        // Redis clients than before the start.
+        // Redis clients than before the start (on any node of a cluster).
         let _ = wait_for(
             "workers' Redis connections",
             Duration::from_secs(10),
-            || redis_clients(redis_port) >= clients0 + 2,
+            || redis.clients() >= clients0 + 2,
         );
         Ok(n)
     }
@@ -367,5 +431,41 @@ impl LogSummary {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> NginxOpts<'static> {
+        NginxOpts {
+            nginx_bin: "/usr/sbin/nginx",
+            sse_module: "/m/sse.so",
+            nchan_module: "/m/nchan.so",
+            nofile: 1024,
+            cpus: None,
+        }
+    }
+
+    #[test]
+    fn configs_name_their_redis() {
+        let url = "redis-cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+        let sse = config(Target::Sse, &opts(), Path::new("/p"), 8080, url, 7001);
+        assert!(
+            sse.contains(&format!("    sse_redis_url {url};\n")),
+            "{sse}"
+        );
+        assert!(sse.contains("load_module /m/sse.so;"));
+        assert!(sse.contains("listen 127.0.0.1:8080 backlog=4096;"));
+        let nchan = config(Target::Nchan, &opts(), Path::new("/p"), 8080, url, 7001);
+        assert!(nchan.contains("nchan_redis_server redis://127.0.0.1:7001;"));
+        assert!(!nchan.contains("redis-cluster"));
+    }
+
+    #[test]
+    fn log_levels() {
+        let s = LogSummary::of("a [warn] x\nb [error] y\nc [notice] z\nd [crit] w\n");
+        assert_eq!((s.serious, s.warn, s.samples.len()), (2, 1, 3));
     }
 }

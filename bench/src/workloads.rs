@@ -1,5 +1,6 @@
-//! The workloads: each starts a fresh nginx for one target, drives it, and
-//! returns its rows for the report.
+//! The workloads: each starts a fresh nginx for one target (or, for
+//! fanout-cluster, one Redis set-up), drives it, and returns its rows for
+//! the report.
 
 use std::io;
 use std::path::PathBuf;
@@ -9,9 +10,10 @@ use std::time::Duration;
 
 use crate::acct::{self, Totals};
 use crate::client::{ClientInject, Engine};
+use crate::cluster::{self, RedisCluster};
 use crate::publish::{self, Kind, Msg, PlanRun, PubStats, Publisher};
 use crate::report::Row;
-use crate::server::{LogSummary, Nginx, NginxOpts, Redis, Target};
+use crate::server::{Backend, LogSummary, Nginx, NginxOpts, Redis, Target};
 use crate::sys::{self, Mem};
 
 pub struct Env<'a> {
@@ -28,6 +30,40 @@ pub struct Env<'a> {
 
 const MB: f64 = 1024.0 * 1024.0;
 
+/// One column of a workload's table: a server, the Redis it reads, and how
+/// messages are published to that Redis.
+pub struct Column<'a> {
+    pub target: Target,
+    /// The column's header; also part of channel names and of the nginx
+    /// prefix directory (no spaces).
+    pub label: String,
+    pub redis: Backend<'a>,
+    /// nginx-sse: `PUBLISH` or `SPUBLISH` (on a cluster, each channel on
+    /// the connection to the master serving its slot).
+    pub command: &'static str,
+}
+
+impl<'a> Column<'a> {
+    /// A target on the run's redis-server.
+    pub fn standalone(env: &Env<'a>, t: Target) -> Column<'a> {
+        Column {
+            target: t,
+            label: t.label().to_string(),
+            redis: Backend::Standalone(env.redis),
+            command: "PUBLISH",
+        }
+    }
+
+    /// Who the notes are about: "nginx-sse", or "nginx-sse/cluster-SPUBLISH".
+    fn who(&self) -> String {
+        if self.label == self.target.label() {
+            self.label.clone()
+        } else {
+            format!("{}/{}", self.target.label(), self.label)
+        }
+    }
+}
+
 pub const OTHERS_METRIC: &str = "CPU of other processes (% of one CPU)";
 
 /// What else used the machine's CPUs during a measured phase: all busy
@@ -38,12 +74,12 @@ struct Meter {
     ours0: u64,
 }
 
-fn ours_cpu(ngx: &Nginx, redis: &Redis) -> u64 {
+fn ours_cpu(ngx: &Nginx, redis: Backend) -> u64 {
     ngx.workers_cpu_ns() + redis.cpu_ns() + sys::self_cpu_ns()
 }
 
 impl Meter {
-    fn start(ngx: &Nginx, redis: &Redis) -> Meter {
+    fn start(ngx: &Nginx, redis: Backend) -> Meter {
         Meter {
             m0: sys::machine_cpu(),
             wall0: sys::now_ns(),
@@ -52,7 +88,7 @@ impl Meter {
     }
 
     /// (others, irq + softirq), in % of one CPU.
-    fn others(&self, ngx: &Nginx, redis: &Redis) -> (f64, f64) {
+    fn others(&self, ngx: &Nginx, redis: Backend) -> (f64, f64) {
         let m1 = sys::machine_cpu();
         let wall = (sys::now_ns() - self.wall0) as f64;
         let ours = ours_cpu(ngx, redis) - self.ours0;
@@ -68,20 +104,32 @@ fn mb(kb: u64) -> f64 {
     kb as f64 * 1024.0 / MB
 }
 
-fn chan_names(env: &Env, wl: &str, t: Target, n: u32) -> Vec<String> {
+fn chan_names(env: &Env, wl: &str, label: &str, n: u32) -> Vec<String> {
     (0..n)
-        .map(|c| format!("r{}.{}.{}.c{}", env.run, wl, t.label(), c))
+        .map(|c| format!("r{}.{}.{}.c{}", env.run, wl, label, c))
         .collect()
 }
 
-fn start_nginx(env: &mut Env, wl: &str, t: Target, cpus: Option<Vec<usize>>) -> io::Result<Nginx> {
-    let _ = publish::redis_cmd(env.redis.port, &["FLUSHALL"]);
-    let prefix = env.tmp.join(format!("{wl}-{}", t.label()));
+fn prefix_of(env: &Env, wl: &str, label: &str) -> PathBuf {
+    env.tmp.join(format!("{wl}-{label}"))
+}
+
+fn start_nginx(
+    env: &mut Env,
+    wl: &str,
+    col: &Column,
+    cpus: Option<Vec<usize>>,
+) -> io::Result<Nginx> {
+    if let Backend::Standalone(r) = col.redis {
+        // A cluster is fresh for each run.
+        let _ = publish::redis_cmd(r.port, &["FLUSHALL"]);
+    }
+    let prefix = prefix_of(env, wl, &col.label);
     let opts = NginxOpts {
         cpus,
         ..env.opts.clone_opts()
     };
-    let n = Nginx::start(t, &opts, &prefix, env.redis.port)?;
+    let n = Nginx::start(col.target, &opts, &prefix, col.redis)?;
     // Workers set up their connection tables and Redis connections after
     // the port is open: wait until their memory stops moving.
     let t0 = sys::now_ns();
@@ -97,8 +145,8 @@ fn start_nginx(env: &mut Env, wl: &str, t: Target, cpus: Option<Vec<usize>>) -> 
     Ok(n)
 }
 
-fn finish(env: &mut Env, wl: &str, ngx: Nginx, rows: &mut Vec<Row>) {
-    let t = ngx.target;
+fn finish(env: &mut Env, wl: &str, col: &Column, ngx: Nginx, rows: &mut Vec<Row>) {
+    let who = col.who();
     let workers_before = ngx.workers();
     let log: LogSummary = ngx.stop();
     rows.push(Row::num(
@@ -107,11 +155,7 @@ fn finish(env: &mut Env, wl: &str, ngx: Nginx, rows: &mut Vec<Row>) {
         0,
     ));
     rows.push(Row::num("error.log warn lines", log.warn as f64, 0));
-    let prefix = env
-        .tmp
-        .join(format!("{wl}-{}", t.label()))
-        .display()
-        .to_string();
+    let prefix = prefix_of(env, wl, &col.label).display().to_string();
     for line in log.samples {
         // "2026/01/01 00:00:00 [warn] 123#123: msg" -> "[warn] msg"
         let msg = match (
@@ -143,30 +187,52 @@ fn finish(env: &mut Env, wl: &str, ngx: Nginx, rows: &mut Vec<Row>) {
         if msg.chars().count() > 200 {
             msg = msg.chars().take(200).collect::<String>() + "...";
         }
-        let key = format!("{} error.log: {msg}", t.label());
+        let key = format!("{} error.log: {msg}", col.target.label());
+        let place = if who == col.label {
+            wl.to_string()
+        } else {
+            format!("{wl}/{}", col.label)
+        };
         match env.log_notes.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, wls)) => wls.push(wl.to_string()),
-            None => env.log_notes.push((key, vec![wl.to_string()])),
+            Some((_, wls)) => wls.push(place),
+            None => env.log_notes.push((key, vec![place])),
         }
     }
     if workers_before.len() != 2 {
         env.notes.push(format!(
-            "{wl} / {}: {} workers at the end (expected 2)",
-            t.label(),
+            "{wl} / {who}: {} workers at the end (expected 2)",
             workers_before.len()
         ));
     }
 }
 
-fn publisher_for(t: Target, env: &Env, ngx: &Nginx, conns: usize) -> io::Result<Publisher> {
-    match t {
-        Target::Sse => Publisher::connect(Kind::Redis, env.redis.port, 1),
+/// nginx-sse: Redis (on a cluster, a connection per master and each channel
+/// on its master's); nchan: `conns` keep-alive connections to its `/pub`.
+fn publisher_for(
+    col: &Column,
+    names: &[String],
+    ngx: &Nginx,
+    conns: usize,
+) -> io::Result<Publisher> {
+    match col.target {
+        Target::Sse => {
+            let route = match col.redis {
+                Backend::Standalone(_) => Vec::new(),
+                Backend::Cluster(c) => cluster::route(names, &c.ranges),
+            };
+            Publisher::connect(
+                Kind::Redis {
+                    command: col.command,
+                    route,
+                },
+                &col.redis.ports(),
+            )
+        }
         _ => Publisher::connect(
             Kind::Http {
                 path_prefix: "/pub?id=".into(),
             },
-            ngx.port,
-            conns,
+            &vec![ngx.port; conns.max(1)],
         ),
     }
 }
@@ -174,8 +240,9 @@ fn publisher_for(t: Target, env: &Env, ngx: &Nginx, conns: usize) -> io::Result<
 /// Workload "idle": connect, measure memory, disconnect, measure again.
 pub fn idle(env: &mut Env, t: Target, subs: u32, channels: u32) -> io::Result<Vec<Row>> {
     let wl = "idle";
-    let ngx = start_nginx(env, wl, t, None)?;
-    let names = chan_names(env, wl, t, channels);
+    let col = Column::standalone(env, t);
+    let ngx = start_nginx(env, wl, &col, None)?;
+    let names = chan_names(env, wl, &col.label, channels);
     let mut eng = Engine::new(ngx.port, env.run, t.sub_prefix(), names)?;
     let (m0, fd0) = (ngx.mem(), ngx.workers_fds());
     let chans: Vec<u32> = (0..subs).map(|i| i % channels).collect();
@@ -223,8 +290,8 @@ pub fn idle(env: &mut Env, t: Target, subs: u32, channels: u32) -> io::Result<Ve
             format!("{fd0} / {fd1} / {fd2}"),
         ),
     ];
-    note_client_errors(env, wl, t, &eng.sink.st);
-    finish(env, wl, ngx, &mut rows);
+    note_client_errors(env, wl, &col, &eng.sink.st);
+    finish(env, wl, &col, ngx, &mut rows);
     Ok(rows)
 }
 
@@ -235,9 +302,9 @@ fn poll_for(eng: &mut Engine, ms: u64) {
     }
 }
 
-fn note_client_errors(env: &mut Env, wl: &str, t: Target, st: &crate::client::Stats) {
+fn note_client_errors(env: &mut Env, wl: &str, col: &Column, st: &crate::client::Stats) {
     for e in &st.errors {
-        env.notes.push(format!("{wl} / {} client: {e}", t.label()));
+        env.notes.push(format!("{wl} / {} client: {e}", col.who()));
     }
 }
 
@@ -261,6 +328,8 @@ pub struct FanoutOut {
     pub totals: Totals,
     pub client: crate::client::Stats,
     pub publisher: PubStats,
+    /// CPU of each redis-server process during it, ns.
+    pub redis_cpu_ns: Vec<u64>,
 }
 
 fn mem_rows(rows: &mut Vec<Row>, label: &str, m: Mem) {
@@ -270,34 +339,40 @@ fn mem_rows(rows: &mut Vec<Row>, label: &str, m: Mem) {
 /// Workloads fanout-1, fanout-100, large and the pinned variant.
 pub fn fanout(env: &mut Env, t: Target, f: &Fanout) -> io::Result<(Vec<Row>, FanoutOut)> {
     let wl = f.name.as_str();
+    let col = Column::standalone(env, t);
     let ncpu = sys::num_cpus();
     let pin = f.pin && ncpu >= 2;
-    let ngx = start_nginx(env, wl, t, pin.then(|| vec![0]))?;
-    let r = fanout_on(env, t, f, &ngx, pin);
+    let ngx = start_nginx(env, wl, &col, pin.then(|| vec![0]))?;
+    let r = fanout_on(env, &col, f, &ngx, pin);
     if pin {
         let _ = sys::set_affinity(0, None);
-        let _ = sys::set_process_affinity(env.redis.pid(), None);
+        for pid in col.redis.pids() {
+            let _ = sys::set_process_affinity(pid, None);
+        }
     }
     let (mut rows, out) = r?;
-    finish(env, wl, ngx, &mut rows);
+    finish(env, wl, &col, ngx, &mut rows);
     Ok((rows, out))
 }
 
 fn fanout_on(
     env: &mut Env,
-    t: Target,
+    col: &Column,
     f: &Fanout,
     ngx: &Nginx,
     pin: bool,
 ) -> io::Result<(Vec<Row>, FanoutOut)> {
     let wl = f.name.as_str();
+    let who = col.who();
     if pin {
-        sys::set_process_affinity(env.redis.pid(), Some(&[0]))?;
+        for pid in col.redis.pids() {
+            sys::set_process_affinity(pid, Some(&[0]))?;
+        }
         // This thread, and the publisher thread it starts, on CPU 1.
         sys::set_affinity(0, Some(&[1]))?;
     }
-    let names = chan_names(env, wl, t, f.channels);
-    let mut eng = Engine::new(ngx.port, env.run, t.sub_prefix(), names.clone())?;
+    let names = chan_names(env, wl, &col.label, f.channels);
+    let mut eng = Engine::new(ngx.port, env.run, col.target.sub_prefix(), names.clone())?;
     eng.sink.inject = f.client_inject;
     let m0 = ngx.mem();
     let chans: Vec<u32> = (0..f.subs).map(|i| i % f.channels).collect();
@@ -306,7 +381,7 @@ fn fanout_on(
 
     // Warm-up: sequence-0 messages on every channel until each subscriber
     // has seen one, so the measured phase starts with every path live.
-    let mut p = publisher_for(t, env, ngx, 8)?;
+    let mut p = publisher_for(col, &names, ngx, 8)?;
     let t_warm = sys::now_ns();
     while !eng.all_warm() && sys::now_ns() - t_warm < 20_000_000_000 && !crate::stopping() {
         for c in eng.cold_channels() {
@@ -327,7 +402,7 @@ fn fanout_on(
     if cold > 0 {
         env.notes.push(format!(
             "{wl} / {}: {cold} subscribers never saw a warm-up message",
-            t.label()
+            who
         ));
     }
     let t_settle = sys::now_ns();
@@ -341,9 +416,7 @@ fn fanout_on(
     if warm_pub.errors > 0 {
         env.notes.push(format!(
             "{wl} / {}: {} publish errors during warm-up: {:?}",
-            t.label(),
-            warm_pub.errors,
-            warm_pub.notes
+            who, warm_pub.errors, warm_pub.notes
         ));
     }
 
@@ -357,7 +430,8 @@ fn fanout_on(
     let expected: u64 = eng.sink.subs.iter().map(|s| last[s.chan as usize]).sum();
     let distinct0 = eng.sink.distinct;
     eng.loop_stats = Default::default();
-    let (cpu0, rcpu0, tcpu0) = (ngx.workers_cpu_ns(), env.redis.cpu_ns(), sys::self_cpu_ns());
+    let rcpu0 = col.redis.cpu_ns_each();
+    let (cpu0, tcpu0) = (ngx.workers_cpu_ns(), sys::self_cpu_ns());
     let (mcpu0, wall0) = (sys::machine_cpu(), sys::now_ns());
     let workers0 = ngx.workers();
     let done = Arc::new(AtomicBool::new(false));
@@ -393,7 +467,7 @@ fn fanout_on(
         for (sec, h) in tl {
             errln!(
                 "  timeline {wl}/{}: send second {sec}: {} deliveries, latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-                t.label(),
+                who,
                 h.count,
                 h.quantile(0.5) as f64 / 1e6,
                 h.quantile(0.99) as f64 / 1e6,
@@ -401,9 +475,17 @@ fn fanout_on(
             );
         }
     }
-    let (cpu1, rcpu1, tcpu1) = (ngx.workers_cpu_ns(), env.redis.cpu_ns(), sys::self_cpu_ns());
+    let rcpu: Vec<u64> = col
+        .redis
+        .cpu_ns_each()
+        .iter()
+        .zip(&rcpu0)
+        .map(|(b, a)| b.saturating_sub(*a))
+        .collect();
+    let rcpu_all: u64 = rcpu.iter().sum();
+    let (cpu1, tcpu1) = (ngx.workers_cpu_ns(), sys::self_cpu_ns());
     let (mcpu1, wall1) = (sys::machine_cpu(), sys::now_ns());
-    let ours = (cpu1 - cpu0) + (rcpu1 - rcpu0) + (tcpu1 - tcpu0);
+    let ours = (cpu1 - cpu0) + rcpu_all + (tcpu1 - tcpu0);
     let others = (mcpu1.procs - mcpu0.procs).saturating_sub(ours);
     let irq = mcpu1.irq - mcpu0.irq;
     let busy = (mcpu1.procs - mcpu0.procs) + irq;
@@ -412,7 +494,7 @@ fn fanout_on(
     if workers0 != workers1 {
         env.notes.push(format!(
             "{wl} / {}: worker pids changed during the run: {workers0:?} -> {workers1:?}",
-            t.label()
+            who
         ));
     }
     let m2 = ngx.mem();
@@ -425,7 +507,7 @@ fn fanout_on(
             .collect();
         env.notes.push(format!(
             "{wl} / {}: missing (channel, sequence, subscribers): {}",
-            t.label(),
+            who,
             list.join(", ")
         ));
     }
@@ -477,7 +559,12 @@ fn fanout_on(
             (cpu1 - cpu0) as f64 / 1e3 / recv,
             2,
         ),
-        Row::num("redis CPU (ms)", ms(rcpu1 - rcpu0), 0),
+        Row::num("redis CPU (ms)", ms(rcpu_all), 0),
+        Row::num(
+            "redis CPU per message (us)",
+            rcpu_all as f64 / 1e3 / plan_run.sent.max(1) as f64,
+            2,
+        ),
         Row::num(
             "tool CPU per delivery (us)",
             (tcpu1 - tcpu0) as f64 / 1e3 / recv,
@@ -502,12 +589,11 @@ fn fanout_on(
     if still_open as u64 != st.connected - st.server_closed {
         env.notes.push(format!(
             "{wl} / {}: {still_open} streams open at the end",
-            t.label()
+            who
         ));
     }
     for n in &pub_st.notes {
-        env.notes
-            .push(format!("{wl} / {} publisher: {n}", t.label()));
+        env.notes.push(format!("{wl} / {} publisher: {n}", who));
     }
     if let Some((s, c)) = pub_st
         .statuses
@@ -515,17 +601,132 @@ fn fanout_on(
         .find(|(s, _)| !(200..300).contains(*s))
     {
         env.notes
-            .push(format!("{wl} / {}: publisher got HTTP {s} x{c}", t.label()));
+            .push(format!("{wl} / {}: publisher got HTTP {s} x{c}", who));
     }
-    note_client_errors(env, wl, t, &st);
+    note_client_errors(env, wl, col, &st);
     Ok((
         rows,
         FanoutOut {
             totals: tot,
             client: st,
             publisher: pub_st,
+            redis_cpu_ns: rcpu,
         },
     ))
+}
+
+/// The columns of workload fanout-cluster: nginx-sse only (nchan has no
+/// comparable Redis Cluster support), with the same fan-out load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterVariant {
+    /// The run's redis-server, `PUBLISH`.
+    Standalone,
+    /// A Redis Cluster, `SPUBLISH` on the master serving the channel's slot.
+    Sharded,
+    /// The same cluster, plain `PUBLISH` on that master: the cluster bus
+    /// copies every message to every node.
+    Broadcast,
+}
+
+impl ClusterVariant {
+    pub const ALL: [ClusterVariant; 3] = [
+        ClusterVariant::Standalone,
+        ClusterVariant::Sharded,
+        ClusterVariant::Broadcast,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterVariant::Standalone => "standalone",
+            ClusterVariant::Sharded => "cluster-SPUBLISH",
+            ClusterVariant::Broadcast => "cluster-PUBLISH",
+        }
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            ClusterVariant::Sharded => "SPUBLISH",
+            _ => "PUBLISH",
+        }
+    }
+}
+
+/// Masters of the fanout-cluster workload's Redis Cluster.
+pub const CLUSTER_MASTERS: usize = 3;
+
+/// `extra` goes right after the row named `after` (at the end if none is).
+fn insert_after(rows: &mut Vec<Row>, after: &str, extra: Vec<Row>) {
+    let at = rows
+        .iter()
+        .position(|r| r.metric == after)
+        .map_or(rows.len(), |i| i + 1);
+    rows.splice(at..at, extra);
+}
+
+/// Workload fanout-cluster, one column: the fan-out of `f` through nginx-sse
+/// on the run's redis-server, or on a fresh Redis Cluster of
+/// [`CLUSTER_MASTERS`] masters started for this run (and stopped after it).
+pub fn fanout_cluster(
+    env: &mut Env,
+    v: ClusterVariant,
+    f: &Fanout,
+    redis_bin: &str,
+) -> io::Result<Vec<Row>> {
+    let wl = f.name.as_str();
+    let cluster = match v {
+        ClusterVariant::Standalone => None,
+        _ => {
+            let dir = env.tmp.join(format!("{wl}-{}-redis", v.label()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Some(RedisCluster::start(redis_bin, &dir, CLUSTER_MASTERS)?)
+        }
+    };
+    let col = Column {
+        target: Target::Sse,
+        label: v.label().to_string(),
+        redis: cluster
+            .as_ref()
+            .map_or(Backend::Standalone(env.redis), Backend::Cluster),
+        command: v.command(),
+    };
+    let names = chan_names(env, wl, &col.label, f.channels);
+    let per_master = match &cluster {
+        Some(c) => {
+            c.check_slots(&names)?;
+            cluster::per_master(&cluster::route(&names, &c.ranges), c.nodes.len())
+        }
+        None => vec![names.len()],
+    };
+    let ngx = start_nginx(env, wl, &col, None)?;
+    // What the redis-servers use with nginx connected and nothing to do.
+    let (idle0, w0) = (col.redis.cpu_ns(), sys::now_ns());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_ns_per_s =
+        col.redis.cpu_ns().saturating_sub(idle0) as f64 / ((sys::now_ns() - w0) as f64 / 1e9);
+    let (mut rows, out) = fanout_on(env, &col, f, &ngx, false)?;
+    let each: Vec<String> = out
+        .redis_cpu_ns
+        .iter()
+        .map(|ns| format!("{:.0}", *ns as f64 / 1e6))
+        .collect();
+    let spread: Vec<String> = per_master.iter().map(usize::to_string).collect();
+    insert_after(
+        &mut rows,
+        "redis CPU per message (us)",
+        vec![
+            Row::num(
+                "redis CPU idle, nginx connected (ms/s)",
+                idle_ns_per_s / 1e6,
+                1,
+            ),
+            Row::num("redis-server processes", out.redis_cpu_ns.len() as f64, 0),
+            Row::text("redis CPU per process (ms)", each.join(" / ")),
+            Row::text("channels per redis-server", spread.join(" / ")),
+        ],
+    );
+    finish(env, wl, &col, ngx, &mut rows);
+    drop(cluster);
+    Ok(rows)
 }
 
 /// Workload "churn": many short connect / first bytes / close cycles. A
@@ -539,8 +740,9 @@ pub fn churn(
     channels: u32,
 ) -> io::Result<Vec<Row>> {
     let wl = "churn";
-    let ngx = start_nginx(env, wl, t, None)?;
-    let names = chan_names(env, wl, t, channels);
+    let col = Column::standalone(env, t);
+    let ngx = start_nginx(env, wl, &col, None)?;
+    let names = chan_names(env, wl, &col.label, channels);
     let mut eng = Engine::new(ngx.port, env.run, t.sub_prefix(), names)?;
     let m_fresh = ngx.mem();
     let warm = 2 * concurrency as u64;
@@ -552,7 +754,7 @@ pub fn churn(
     let (m0, fd0) = (ngx.mem(), ngx.workers_fds());
     let cpu0 = ngx.workers_cpu_ns();
     let (drops0, synr0) = (sys::tcp_ext("ListenDrops"), sys::tcp_ext("TCPSynRetrans"));
-    let meter = Meter::start(&ngx, env.redis);
+    let meter = Meter::start(&ngx, col.redis);
     let half = cycles / 2;
     let s1 = eng.churn(half, concurrency, channels, 600_000);
     std::thread::sleep(Duration::from_millis(500));
@@ -560,7 +762,7 @@ pub fn churn(
     let s2 = eng.churn(cycles - half, concurrency, channels, 600_000);
     let cpu1 = ngx.workers_cpu_ns();
     let (drops1, synr1) = (sys::tcp_ext("ListenDrops"), sys::tcp_ext("TCPSynRetrans"));
-    let (others, irq) = meter.others(&ngx, env.redis);
+    let (others, irq) = meter.others(&ngx, col.redis);
     std::thread::sleep(Duration::from_millis(1000));
     let (m2, fd2) = (ngx.mem(), ngx.workers_fds());
     let st = &eng.sink.st;
@@ -634,8 +836,8 @@ pub fn churn(
             t.label()
         ));
     }
-    note_client_errors(env, wl, t, &eng.sink.st);
-    finish(env, wl, ngx, &mut rows);
+    note_client_errors(env, wl, &col, &eng.sink.st);
+    finish(env, wl, &col, ngx, &mut rows);
     Ok(rows)
 }
 
@@ -648,5 +850,35 @@ impl NginxOpts<'_> {
             nofile: self.nofile,
             cpus: self.cpus.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_inserted_after_their_neighbour() {
+        let names = |rows: &[Row]| rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>();
+        let mut rows = vec![Row::num("a", 1.0, 0), Row::num("c", 3.0, 0)];
+        insert_after(&mut rows, "a", vec![Row::num("b", 2.0, 0)]);
+        assert_eq!(names(&rows), ["a", "b", "c"]);
+        insert_after(&mut rows, "zz", vec![Row::num("d", 4.0, 0)]);
+        assert_eq!(names(&rows), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn cluster_columns() {
+        let labels: Vec<&str> = ClusterVariant::ALL.iter().map(|v| v.label()).collect();
+        assert_eq!(
+            labels,
+            ["standalone", "cluster-SPUBLISH", "cluster-PUBLISH"]
+        );
+        // Labels go into channel names and directory names.
+        assert!(labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')));
+        assert_eq!(ClusterVariant::Sharded.command(), "SPUBLISH");
+        assert_eq!(ClusterVariant::Broadcast.command(), "PUBLISH");
     }
 }
