@@ -96,6 +96,16 @@ impl Commands {
 impl Conversation for Commands {
     const LABEL: &'static str = "redis (history)";
 
+    fn label(&self) -> &'static str {
+        if self.function.is_some() {
+            Self::LABEL
+        } else if self.cluster {
+            "redis (topology)"
+        } else {
+            "redis (commands)"
+        }
+    }
+
     fn keepalive(&mut self, out: &mut Vec<u8>) {
         resp::encode_command(out, &[b"PING"]);
         self.pending.push_back(Pending::Internal);
