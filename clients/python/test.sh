@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the Python publisher's tests (unit + end-to-end against a real
-# redis-server and nginx with the module) in clients/python/.venv.
+# redis-server and nginx with the module + Redis Cluster mode against a real
+# three-master cluster) in clients/python/.venv.
 #
 # The virtualenv is created on first use and the package installed into it
 # (editable, with its test extra, from PyPI); it is installed again only when
 # pyproject.toml, hatch_build.py or redis/sse.lua changed since (the install
 # runs the build hook that copies redis/sse.lua into the package).
 # Arguments go to pytest (e.g. `bash test.sh -k unit`). Environment:
-# PYTHON (default python3), NGINX_BIN, SSE_MODULE, REDIS_BIN.
+# PYTHON (default python3), NGINX_BIN, SSE_MODULE, REDIS_BIN, REDIS_CLI.
 set -euo pipefail
 cd "$(dirname "$0")"
 

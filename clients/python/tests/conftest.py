@@ -1,11 +1,14 @@
-"""Fixtures of the end-to-end tests: one redis-server and one nginx with the
-module for the whole session (skipped, with the reason, when either is
-missing), always stopped at the end."""
+"""Fixtures of the end-to-end tests: one redis-server, one Redis Cluster
+(three masters) and one nginx with the module for the whole session (each
+started on first use; skipped, with the reason, when a binary is missing),
+always stopped at the end."""
 
 import pytest
 import redis
 
-from servers import Nginx, RedisServer, missing_nginx, missing_redis
+from servers import (
+    Nginx, RedisClusterServers, RedisServer, missing_nginx, missing_redis, missing_redis_cli,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,18 @@ def redis_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    why = missing_redis() or missing_redis_cli()
+    if why:
+        pytest.skip(why)
+    servers = RedisClusterServers().start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 @pytest.fixture(scope="session")

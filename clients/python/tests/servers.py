@@ -1,6 +1,7 @@
-"""A real redis-server and a real nginx with the nginx-sse module, on free
-loopback ports in temporary directories (like t/lib/SSETest.pm), and a
-minimal Server-Sent Events reader over http.client.
+"""A real redis-server, a real Redis Cluster (three masters) and a real nginx
+with the nginx-sse module, on free loopback ports in temporary directories
+(like t/lib/SSETest.pm), and a minimal Server-Sent Events reader over
+http.client.
 
 Each process runs in its own process group and is stopped (SIGTERM, then
 SIGKILL) by stop(); the fixtures in conftest.py call it whatever happens.
@@ -25,12 +26,19 @@ SSE_MODULE = os.path.abspath(
     os.environ.get("SSE_MODULE", str(REPO / "target/release/libngx_http_sse_module.so"))
 )
 REDIS_BIN = os.environ.get("REDIS_BIN", "redis-server")
+REDIS_CLI = os.environ.get("REDIS_CLI", "redis-cli")
 KEEP = bool(os.environ.get("TEST_KEEP"))
 
 
 def missing_redis() -> Optional[str]:
     if not shutil.which(REDIS_BIN):
         return f"redis-server not found ({REDIS_BIN}; set REDIS_BIN)"
+    return None
+
+
+def missing_redis_cli() -> Optional[str]:
+    if not shutil.which(REDIS_CLI):
+        return f"redis-cli not found ({REDIS_CLI}; set REDIS_CLI)"
     return None
 
 
@@ -126,16 +134,17 @@ class Process:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.dir = temp_dir("redis")
         self.port = free_port()
+        self.extra_args = list(extra_args)
         self.process: Optional[Process] = None
 
     def start(self) -> "RedisServer":
         self.process = Process(
             [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
              "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--logfile", os.path.join(self.dir, "redis.log")],
+             "--logfile", os.path.join(self.dir, "redis.log"), *self.extra_args],
             os.path.join(self.dir, "redis.out"),
         )
 
@@ -147,8 +156,9 @@ class RedisServer:
                 return s.recv(16).startswith(b"+PONG")
 
         if not wait_until(up, 10) or not self.process.running():
-            self.stop()
-            raise RuntimeError(f"redis-server did not start:\n{slurp(os.path.join(self.dir, 'redis.log'))}")
+            why = slurp(os.path.join(self.dir, "redis.log")) + slurp(os.path.join(self.dir, "redis.out"))
+            self.stop()  # removes the directory
+            raise RuntimeError(f"redis-server did not start:\n{why}")
         return self
 
     def stop(self) -> None:
@@ -157,6 +167,50 @@ class RedisServer:
             self.process = None
         if not KEEP:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three masters (no replicas): three cluster-enabled
+    redis-servers joined by `redis-cli --cluster create`. start() stops the
+    nodes it started when the cluster does not come up."""
+
+    def __init__(self, masters: int = 3) -> None:
+        # The bus port is set: the default, port + 10000, may be taken or beyond 65535.
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--cluster-port", str(free_port()))
+                      for _ in range(masters)]
+
+    @property
+    def ports(self) -> List[int]:
+        return [n.port for n in self.nodes]
+
+    def start(self) -> "RedisClusterServers":
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                 "--cluster-replicas", "0"],
+                input=b"yes\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout.decode()}")
+            if not wait_until(lambda: all(self.state_ok(p) for p in self.ports), 15, 0.1):
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def state_ok(port: int) -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in s.recv(4096)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def nginx_conf(prefix: str, port: int, redis_port: int) -> str:

@@ -2,11 +2,15 @@
 function-loading retry, against a fake client that records commands."""
 
 import pytest
+from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from nginx_sse import (
     PublishArgumentError,
     encode_data,
+    fcall_args,
+    is_cluster_client,
+    load_function,
     plain_payload,
     publish,
     sse_lua,
@@ -30,6 +34,25 @@ class FakeClient:
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+
+class FakeCluster(RedisCluster):
+    """A RedisCluster (as publish detects it) that records execute_command
+    calls with their keyword arguments instead of reaching a cluster."""
+
+    def __init__(self, *replies):  # no super().__init__: no nodes to discover
+        self.replies = list(replies)
+        self.calls = []
+
+    def execute_command(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        reply = self.replies.pop(0) if self.replies else 1
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def close(self):
+        pass
 
 
 # -- names ------------------------------------------------------------------
@@ -190,9 +213,9 @@ def test_fcall_arguments():
         c, "dashboards:7", b"\x1eraw", history=True, maxlen=100, ttl=0, to=["u42", "u43"], prefix="app2"
     ) == 42
     assert c.calls == [
-        (b"FCALL", b"sse_publish", b"0", b"logs:w1:f", b'{"a":1}'),
+        ("FCALL", "sse_publish", "0", b"logs:w1:f", b'{"a":1}'),
         # the function writes the envelope itself: a payload starting with 0x1E is not wrapped
-        (b"FCALL", b"sse_publish", b"0", b"dashboards:7", b"\x1eraw",
+        ("FCALL", "sse_publish", "0", b"dashboards:7", b"\x1eraw",
          b"maxlen=100", b"ttl=0", b"to=u42,u43", b"prefix=app2"),
     ]
 
@@ -209,9 +232,9 @@ def test_missing_function_is_loaded_once_then_retried():
     c = FakeClient(ResponseError("Function not found"), "nginx_sse", 7)
     assert publish(c, "ch", "x", history=True) == 7
     assert [call[:3] for call in c.calls] == [
-        (b"FCALL", b"sse_publish", b"0"),
+        ("FCALL", "sse_publish", "0"),
         ("FUNCTION", "LOAD", "REPLACE"),
-        (b"FCALL", b"sse_publish", b"0"),
+        ("FCALL", "sse_publish", "0"),
     ]
     assert c.calls[1][3] == sse_lua()
 
@@ -228,3 +251,90 @@ def test_other_redis_errors_are_not_retried():
     with pytest.raises(ResponseError, match="bad option"):
         publish(c, "ch", "x", history=True)
     assert len(c.calls) == 1
+
+
+# -- Redis Cluster ----------------------------------------------------------
+
+
+def test_fcall_args_in_cluster_mode_declare_the_channel_as_the_key():
+    assert fcall_args(b"ch", b"x") == ["FCALL", "sse_publish", "0", b"ch", b"x"]
+    assert fcall_args(b"ch", b"x", cluster=True) == ["FCALL", "sse_publish", "1", b"ch", b"x"]
+    assert fcall_args(b"ch", b"x", cluster=True, maxlen=5, ttl=7, audience=b"u1", prefix=b"p") == [
+        "FCALL", "sse_publish", "1", b"ch", b"x", b"maxlen=5", b"ttl=7", b"to=u1", b"prefix=p",
+    ]
+
+
+def test_a_redis_cluster_client_is_detected():
+    assert is_cluster_client(FakeCluster())
+    assert not is_cluster_client(FakeClient())
+
+
+def test_cluster_client_plain_publish_is_spublish_unless_asked_otherwise():
+    c = FakeCluster(2, 1, 5)
+    assert publish(c, "logs:w1:f", {"a": 1}) == 2
+    assert publish(c, "dashboards:7", "x", to=["u42"]) == 1
+    assert publish(c, "logs:w1:f", "y", sharded=False) == 5
+    assert c.calls == [
+        (("SPUBLISH", b"logs:w1:f", b'{"a":1}'), {}),
+        (("SPUBLISH", b"dashboards:7", b"\x1esse1 to=u42\nx"), {}),
+        (("PUBLISH", b"logs:w1:f", b"y"), {}),
+    ]
+
+
+def test_cluster_client_history_is_fcall_with_one_key():
+    c = FakeCluster(1, 2)
+    assert publish(c, "logs:w1:f", {"a": 1}, history=True) == 1
+    assert publish(c, "dashboards:7", "x", history=True, maxlen=10, ttl=60, to="u42", prefix="app2") == 2
+    assert c.calls == [
+        (("FCALL", "sse_publish", "1", b"logs:w1:f", b'{"a":1}'), {}),
+        (("FCALL", "sse_publish", "1", b"dashboards:7", b"x",
+          b"maxlen=10", b"ttl=60", b"to=u42", b"prefix=app2"), {}),
+    ]
+
+
+def test_cluster_mode_on_another_client_sends_the_cluster_commands_through_it():
+    c = FakeClient(1, 1, 3)
+    publish(c, "ch", "a", cluster=True)
+    publish(c, "ch", "b", cluster=True, sharded=False)
+    assert publish(c, "ch", "c", cluster=True, history=True) == 3
+    assert c.calls == [
+        ("SPUBLISH", b"ch", b"a"),
+        ("PUBLISH", b"ch", b"b"),
+        ("FCALL", "sse_publish", "1", b"ch", b"c"),
+    ]
+
+
+def test_cluster_and_sharded_misuse_is_refused_before_sending():
+    cases = [
+        (FakeCluster(), dict(cluster=False), "cluster", "always in cluster mode"),
+        (FakeClient(), dict(cluster="yes"), "cluster", "True, False or None"),
+        (FakeClient(), dict(sharded=True), "sharded", "only in a Redis Cluster"),
+        (FakeClient(), dict(sharded=1, cluster=True), "sharded", "True, False or None"),
+        (FakeCluster(), dict(sharded=True, history=True), "sharded", "only applies without history"),
+        (FakeCluster(), dict(sharded=False, history=True), "sharded", "only applies without history"),
+    ]
+    for client, kwargs, field, why in cases:
+        with pytest.raises(PublishArgumentError, match=why) as e:
+            publish(client, "ch", "x", **kwargs)
+        assert e.value.field == field, kwargs
+        assert client.calls == []
+
+
+def test_load_function_on_a_cluster_targets_every_primary():
+    c = FakeCluster({"127.0.0.1:7001": "nginx_sse", "127.0.0.1:7002": "nginx_sse"})
+    assert load_function(c) == "nginx_sse"
+    [(args, kwargs)] = c.calls
+    assert args == ("FUNCTION", "LOAD", "REPLACE", sse_lua())
+    assert kwargs == {"target_nodes": RedisCluster.PRIMARIES}
+    # one master: redis-py answers with the value itself
+    assert load_function(FakeCluster(b"nginx_sse")) == b"nginx_sse"
+
+
+def test_cluster_missing_function_is_loaded_on_every_primary_then_retried():
+    c = FakeCluster(ResponseError("Function not found"), {"n1": "nginx_sse", "n2": "nginx_sse"}, 1)
+    assert publish(c, "ch", "x", history=True) == 1
+    assert [(args[:3], kwargs) for args, kwargs in c.calls] == [
+        (("FCALL", "sse_publish", "1"), {}),
+        (("FUNCTION", "LOAD", "REPLACE"), {"target_nodes": RedisCluster.PRIMARIES}),
+        (("FCALL", "sse_publish", "1"), {}),
+    ]

@@ -7,6 +7,10 @@
     publish(r, "logs:w1:nightly", {"level": "INFO", "msg": "loaded"})          # PUBLISH
     publish(r, "dashboards:7", {"v": 17}, to=["u42", "u43"])                 # only these users
     event_id = publish(r, "logs:w1:nightly", "line", history=True)          # FCALL sse_publish
+
+    rc = redis.RedisCluster(host="10.0.0.5", port=6379)                      # Redis Cluster:
+    publish(rc, "logs:w1:nightly", {"msg": "loaded"})                        # SPUBLISH
+    event_id = publish(rc, "logs:w1:nightly", "line", history=True)         # FCALL sse_publish 1
 """
 
 from .publisher import (
@@ -15,6 +19,7 @@ from .publisher import (
     PublishArgumentError,
     encode_data,
     fcall_args,
+    is_cluster_client,
     load_function,
     plain_payload,
     publish,
@@ -32,6 +37,7 @@ __all__ = [
     "PublishArgumentError",
     "encode_data",
     "fcall_args",
+    "is_cluster_client",
     "load_function",
     "plain_payload",
     "publish",

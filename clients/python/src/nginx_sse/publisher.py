@@ -6,15 +6,28 @@ the streams open now); ``publish(..., history=True)`` is
 this package), which stores the event in the channel's history before
 publishing it, so that browsers that reconnect get it. See the main README,
 sections "Publishing", "Delivery guarantees" and "Securing streams".
+
+In a Redis Cluster (a ``redis.cluster.RedisCluster`` client, or
+``cluster=True``) the same calls are ``SPUBLISH`` and
+``FCALL sse_publish 1 <channel> ...`` (the channel is the key, so the cluster
+client sends them to the master that serves the channel's slot): README,
+"Redis Cluster".
 """
 
 from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from redis.exceptions import ResponseError
+
+try:
+    from redis.cluster import RedisCluster
+
+    _CLUSTER_CLIENTS: Tuple[type, ...] = (RedisCluster,)
+except ImportError:  # redis-py 4.0 has no cluster client
+    _CLUSTER_CLIENTS = ()
 
 __all__ = [
     "PublishArgumentError",
@@ -24,6 +37,7 @@ __all__ = [
     "encode_data",
     "plain_payload",
     "fcall_args",
+    "is_cluster_client",
     "validate_channel",
     "validate_user_id",
     "validate_prefix",
@@ -56,8 +70,9 @@ class PublishArgumentError(ValueError):
     refuse (or silently drop). Raised before anything is sent to Redis.
 
     ``field`` is the argument (``"channel"``, ``"to"``, ``"prefix"``,
-    ``"maxlen"``, ``"ttl"``, ``"history"``, ``"data"``), ``value`` the
-    offending value and ``rule`` the rule it breaks.
+    ``"maxlen"``, ``"ttl"``, ``"history"``, ``"cluster"``, ``"sharded"``,
+    ``"data"``), ``value`` the offending value and ``rule`` the rule it
+    breaks.
     """
 
     def __init__(self, field: str, value: Any, rule: str) -> None:
@@ -184,9 +199,15 @@ def fcall_args(
     maxlen: Optional[int] = None,
     ttl: Optional[int] = None,
     prefix: Optional[bytes] = None,
-) -> List[bytes]:
-    """The arguments of ``FCALL sse_publish 0 <channel> <payload> [options]``."""
-    args = [b"FCALL", b"sse_publish", b"0", channel, payload]
+    cluster: bool = False,
+) -> List[Union[str, bytes]]:
+    """The arguments of ``FCALL sse_publish 0 <channel> <payload> [options]``,
+    or with ``cluster`` of ``FCALL sse_publish 1 <channel> ...`` (the channel
+    is the call's one key: per-channel sequence and history on the node that
+    serves its slot). The command words are str: redis-py's cluster client
+    routes only those."""
+    numkeys = "1" if cluster else "0"
+    args: List[Union[str, bytes]] = ["FCALL", "sse_publish", numkeys, channel, payload]
     if maxlen is not None:
         args.append(b"maxlen=%d" % maxlen)
     if ttl is not None:
@@ -204,10 +225,61 @@ def sse_lua() -> str:
     return resources.files(__package__).joinpath("sse.lua").read_text(encoding="utf-8")
 
 
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` is redis-py's cluster client
+    (``redis.cluster.RedisCluster``), which :func:`publish` uses in cluster
+    mode unless told otherwise."""
+    return isinstance(client, _CLUSTER_CLIENTS)
+
+
 def load_function(client: Any) -> Any:
     """``FUNCTION LOAD REPLACE`` of the packaged sse.lua (what nginx workers
-    with ``sse_history on`` do when they connect). Returns the library name."""
-    return client.execute_command("FUNCTION", "LOAD", "REPLACE", sse_lua())
+    with ``sse_history on`` do when they connect). With a ``RedisCluster``,
+    on every primary (a function lives on each node, and each channel's calls
+    run on the master of its slot). Returns the library name."""
+    if not is_cluster_client(client):
+        return client.execute_command("FUNCTION", "LOAD", "REPLACE", sse_lua())
+    # A dict {node name: library name}, or the one answer of a one-master cluster.
+    reply = client.execute_command(
+        "FUNCTION", "LOAD", "REPLACE", sse_lua(), target_nodes=client.PRIMARIES
+    )
+    return next(iter(reply.values())) if isinstance(reply, dict) else reply
+
+
+def _cluster_mode(client: Any, cluster: Optional[bool]) -> bool:
+    """``cluster`` as given, else whether the client is a cluster client."""
+    detected = is_cluster_client(client)
+    if cluster is None:
+        return detected
+    if not isinstance(cluster, bool):
+        raise PublishArgumentError(
+            "cluster", cluster, "must be True, False or None (None: detected from the client)"
+        )
+    if detected and not cluster:
+        raise PublishArgumentError(
+            "cluster", cluster,
+            "a RedisCluster client is always in cluster mode "
+            "(for a plain PUBLISH, pass sharded=False)",
+        )
+    return cluster
+
+
+def _plain_command(sharded: Optional[bool], cluster: bool) -> str:
+    """SPUBLISH (sharded pub/sub, what nginx subscribes with in a cluster) or
+    PUBLISH: ``sharded`` as given, else SPUBLISH in cluster mode only."""
+    if sharded is None:
+        sharded = cluster
+    elif not isinstance(sharded, bool):
+        raise PublishArgumentError(
+            "sharded", sharded, "must be True, False or None (None: SPUBLISH in cluster mode)"
+        )
+    elif sharded and not cluster:
+        raise PublishArgumentError(
+            "sharded", sharded,
+            "SPUBLISH reaches nginx only in a Redis Cluster (a redis-cluster:// sse_redis_url): "
+            "use a RedisCluster client or cluster=True",
+        )
+    return "SPUBLISH" if sharded else "PUBLISH"
 
 
 def _function_missing(error: Exception) -> bool:
@@ -225,6 +297,8 @@ def publish(
     maxlen: Optional[int] = None,
     ttl: Optional[int] = None,
     prefix: Optional[Union[str, bytes]] = None,
+    cluster: Optional[bool] = None,
+    sharded: Optional[bool] = None,
 ) -> int:
     """Publishes ``data`` on ``channel`` for nginx-sse, with one Redis command.
 
@@ -240,6 +314,12 @@ def publish(
       default ``sse``) only exist with history.
     - otherwise a plain ``PUBLISH``; returns the number of receivers (nginx
       workers subscribed to the channel, not browsers).
+    - ``cluster``: Redis Cluster mode; by default, whether ``client`` is a
+      ``redis.cluster.RedisCluster``. ``True`` with another client (one that
+      reaches a cluster through a proxy, or one node that serves every slot)
+      sends the cluster commands through it. In cluster mode history is
+      ``FCALL sse_publish 1 <channel> ...`` (a per-channel sequence) and a
+      plain publish is ``SPUBLISH``; ``sharded=False`` makes it a ``PUBLISH``.
 
     Raises :class:`PublishArgumentError` (a ``ValueError``) before sending
     anything when an argument breaks nginx-sse's rules; Redis errors (from
@@ -248,6 +328,7 @@ def publish(
     channel_b = validate_channel(channel)
     if not isinstance(history, bool):
         raise PublishArgumentError("history", history, "must be True or False")
+    in_cluster = _cluster_mode(client, cluster)
     audience = _audience(to) if to is not None else None
 
     if not history:
@@ -256,8 +337,16 @@ def publish(
                 raise PublishArgumentError(
                     field, value, "only applies with history=True (a plain PUBLISH keeps no history)"
                 )
+        command = _plain_command(sharded, in_cluster)
         payload = plain_payload(encode_data(data), audience)
-        return int(client.execute_command("PUBLISH", channel_b, payload))
+        return int(client.execute_command(command, channel_b, payload))
+
+    if sharded is not None:
+        raise PublishArgumentError(
+            "sharded", sharded,
+            "only applies without history (sse_publish itself publishes with SPUBLISH in cluster "
+            "mode, PUBLISH otherwise)",
+        )
 
     args = fcall_args(
         channel_b,
@@ -266,6 +355,7 @@ def publish(
         maxlen=_check_int("maxlen", maxlen, 1) if maxlen is not None else None,
         ttl=_check_int("ttl", ttl, 0) if ttl is not None else None,
         prefix=validate_prefix(prefix) if prefix is not None else None,
+        cluster=in_cluster,
     )
     try:
         return int(client.execute_command(*args))

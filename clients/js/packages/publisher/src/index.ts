@@ -6,9 +6,15 @@
 //   await publish(redis, 'logs:w1:nightly', { level: 'INFO', msg: 'loaded' });     // PUBLISH
 //   await publish(redis, 'dashboards:7', { v: 17 }, { to: ['u42', 'u43'] });        // only these users
 //   const id = await publish(redis, 'logs:w1:nightly', 'line', { history: true }); // FCALL sse_publish
+//
+//   const cluster = await createCluster({ rootNodes: [{ url: 'redis://10.0.0.5:6379' }] }).connect();
+//   await publish(cluster, 'logs:w1:nightly', { msg: 'loaded' });                   // SPUBLISH
+//   await publish(cluster, 'logs:w1:nightly', 'line', { history: true });            // FCALL sse_publish 1
 
-export { publish, createPublisher, loadFunction, sseLua } from './publish.js';
-export type { PublishOptions, Publisher, RedisCommandClient } from './publish.js';
+export { publish, createPublisher, loadFunction, sseLua, isClusterClient } from './publish.js';
+export type {
+  PublishOptions, Publisher, RedisCommandClient, RedisClusterCommandClient, RedisPublishClient,
+} from './publish.js';
 export { encodeData, plainPayload, fcallArgs, ENVELOPE_BYTE } from './payload.js';
 export {
   PublishArgumentError, validateChannel, validateUserId, validatePrefix, MAX_NAME_LEN, RESERVED_PREFIX,

@@ -1,6 +1,7 @@
 // The bytes a publish sends: the data, the audience envelope of a plain
-// PUBLISH, the arguments of FCALL sse_publish. See the main README,
-// "Publishing" (envelope) and "Delivery guarantees" (sse_publish).
+// PUBLISH (or SPUBLISH), the arguments of FCALL sse_publish. See the main
+// README, "Publishing" (envelope), "Delivery guarantees" (sse_publish) and
+// "Redis Cluster".
 
 import { PublishArgumentError } from './validate.js';
 
@@ -36,13 +37,19 @@ export function plainPayload(payload: Buffer, audience?: string): Buffer {
   return payload;
 }
 
-/** The arguments of `FCALL sse_publish 0 <channel> <payload> [options]`. */
+/**
+ * The arguments of `FCALL sse_publish 0 <channel> <payload> [options]`, or
+ * with `cluster` of `FCALL sse_publish 1 <channel> ...` (the channel is the
+ * call's one key: a per-channel sequence and history on the node serving its
+ * slot).
+ */
 export function fcallArgs(
   channel: string,
   payload: Buffer,
-  { audience, maxlen, ttl, prefix }: { audience?: string; maxlen?: number; ttl?: number; prefix?: string } = {},
+  { audience, maxlen, ttl, prefix, cluster = false }:
+  { audience?: string; maxlen?: number; ttl?: number; prefix?: string; cluster?: boolean } = {},
 ): Array<string | Buffer> {
-  const args: Array<string | Buffer> = ['FCALL', 'sse_publish', '0', channel, payload];
+  const args: Array<string | Buffer> = ['FCALL', 'sse_publish', cluster ? '1' : '0', channel, payload];
   if (maxlen !== undefined) args.push(`maxlen=${maxlen}`);
   if (ttl !== undefined) args.push(`ttl=${ttl}`);
   if (audience !== undefined) args.push(`to=${audience}`);

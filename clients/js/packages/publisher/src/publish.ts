@@ -11,6 +11,21 @@ export interface RedisCommandClient {
   sendCommand(args: Array<string | Buffer>): Promise<unknown>;
 }
 
+/**
+ * What `publish` needs of a Redis Cluster client, as a connected node-redis
+ * `createCluster()` has it: `sendCommand` sent to the master of `firstKey`'s
+ * slot (following MOVED), and the masters with a client for each (to load
+ * the function on every one).
+ */
+export interface RedisClusterCommandClient {
+  readonly masters: readonly unknown[];
+  nodeClient(node: unknown): Promise<RedisCommandClient> | RedisCommandClient;
+  sendCommand(firstKey: string | Buffer | undefined, isReadonly: boolean | undefined, args: Array<string | Buffer>): Promise<unknown>;
+}
+
+/** A client `publish` takes: one Redis (or anything that routes for it), or a cluster. */
+export type RedisPublishClient = RedisCommandClient | RedisClusterCommandClient;
+
 export interface PublishOptions {
   /** Only streams whose `sse_user` is one of these receive the event. */
   to?: string | readonly string[];
@@ -22,9 +37,18 @@ export interface PublishOptions {
   ttl?: number;
   /** With history: the `sse_redis_prefix` of the nginx that serves it (default `sse`). */
   prefix?: string;
+  /**
+   * Redis Cluster mode: `SPUBLISH` and `FCALL sse_publish 1 <channel>`. Default:
+   * detected (true for a node-redis cluster client). `true` with another
+   * client sends the cluster commands through it; `false` with a cluster
+   * client is refused.
+   */
+  cluster?: boolean;
+  /** Without history: `SPUBLISH` (true) or `PUBLISH` (false); default: `SPUBLISH` in cluster mode only. */
+  sharded?: boolean;
 }
 
-const OPTIONS = new Set(['to', 'history', 'maxlen', 'ttl', 'prefix']);
+const OPTIONS = new Set(['to', 'history', 'maxlen', 'ttl', 'prefix', 'cluster', 'sharded']);
 
 // Replaced by the text of redis/sse.lua when build.mjs bundles dist/index.js
 // (esbuild `define`), so the published package carries the function itself.
@@ -46,11 +70,61 @@ export function sseLua(): string {
 }
 
 /**
- * `FUNCTION LOAD REPLACE` of the shipped sse.lua (what nginx workers with
- * `sse_history on` do when they connect). Resolves with the library name.
+ * Whether `client` is a node-redis cluster client (`createCluster`): it has
+ * `masters` and `nodeClient`, which a single-node client has not.
  */
-export function loadFunction(client: RedisCommandClient): Promise<unknown> {
-  return client.sendCommand(['FUNCTION', 'LOAD', 'REPLACE', sseLua()]);
+export function isClusterClient(client: unknown): client is RedisClusterCommandClient {
+  const c = client as Partial<RedisClusterCommandClient> | null | undefined;
+  return typeof c?.nodeClient === 'function' && Array.isArray(c.masters) && typeof c.sendCommand === 'function';
+}
+
+/**
+ * `FUNCTION LOAD REPLACE` of the shipped sse.lua (what nginx workers with
+ * `sse_history on` do when they connect). With a cluster client, on every
+ * master (a function lives on each node, and each channel's calls run on the
+ * master of its slot). Resolves with the library name.
+ */
+export async function loadFunction(client: RedisPublishClient): Promise<unknown> {
+  const args = ['FUNCTION', 'LOAD', 'REPLACE', sseLua()];
+  if (!isClusterClient(client)) return client.sendCommand(args);
+  if (client.masters.length === 0) throw new Error('loadFunction: the cluster client knows no masters (connect it first)');
+  const replies = await Promise.all(client.masters.map(async (node) => (await client.nodeClient(node)).sendCommand(args)));
+  return replies[0];
+}
+
+/** Sends a command; a cluster client sends it to the master of `key`'s slot. */
+type Send = (key: string, args: Array<string | Buffer>) => Promise<unknown>;
+
+function sender(client: RedisPublishClient): Send {
+  if (isClusterClient(client)) return (key, args) => client.sendCommand(key, false, args);
+  const single = client;
+  return (_key, args) => single.sendCommand(args);
+}
+
+/** `cluster` as given, else whether the client is a cluster client. */
+function clusterMode(client: RedisPublishClient, cluster: unknown): boolean {
+  const detected = isClusterClient(client);
+  if (cluster == null) return detected;
+  if (typeof cluster !== 'boolean') {
+    throw new PublishArgumentError('cluster', cluster, 'must be true or false (or left out: detected from the client)');
+  }
+  if (detected && !cluster) {
+    throw new PublishArgumentError('cluster', cluster, 'a cluster client is always in cluster mode (for a plain PUBLISH, pass sharded: false)');
+  }
+  return cluster;
+}
+
+/** SPUBLISH (sharded pub/sub, what nginx subscribes with in a cluster) or PUBLISH. */
+function plainCommand(sharded: unknown, cluster: boolean): 'SPUBLISH' | 'PUBLISH' {
+  if (sharded == null) return cluster ? 'SPUBLISH' : 'PUBLISH';
+  if (typeof sharded !== 'boolean') {
+    throw new PublishArgumentError('sharded', sharded, 'must be true or false (or left out: SPUBLISH in cluster mode)');
+  }
+  if (sharded && !cluster) {
+    throw new PublishArgumentError('sharded', sharded,
+      'SPUBLISH reaches nginx only in a Redis Cluster (a redis-cluster:// sse_redis_url): use a cluster client or cluster: true');
+  }
+  return sharded ? 'SPUBLISH' : 'PUBLISH';
 }
 
 function functionMissing(error: unknown): boolean {
@@ -70,13 +144,18 @@ function functionMissing(error: unknown): boolean {
  *   with history.
  * - otherwise a plain `PUBLISH`; resolves with the number of receivers
  *   (nginx workers subscribed to the channel, not browsers).
+ * - `cluster`: Redis Cluster mode, detected by default (a node-redis cluster
+ *   client). In cluster mode history is `FCALL sse_publish 1 <channel> ...`
+ *   (a per-channel sequence) and a plain publish is `SPUBLISH`
+ *   (`sharded: false`: `PUBLISH`); a cluster client sends each to the master
+ *   of the channel's slot.
  *
  * Throws `PublishArgumentError` (synchronously checked, before anything is
  * sent; the returned promise rejects with it) when an argument breaks
  * nginx-sse's rules; Redis errors reject as node-redis reports them.
  */
 export async function publish(
-  client: RedisCommandClient,
+  client: RedisPublishClient,
   channel: string,
   data: unknown,
   options: PublishOptions = {},
@@ -90,9 +169,11 @@ export async function publish(
       throw new PublishArgumentError('options', key, `unknown option; known: ${[...OPTIONS].join(', ')}`);
     }
   }
-  const { to, history = false, maxlen, ttl, prefix } = options;
+  const { to, history = false, maxlen, ttl, prefix, sharded } = options;
   if (typeof history !== 'boolean') throw new PublishArgumentError('history', history, 'must be true or false');
+  const cluster = clusterMode(client, options.cluster);
   const users = to != null ? audience(to) : undefined;
+  const send = sender(client);
 
   if (!history) {
     for (const [field, value] of [['maxlen', maxlen], ['ttl', ttl], ['prefix', prefix]] as const) {
@@ -100,23 +181,29 @@ export async function publish(
         throw new PublishArgumentError(field, value, 'only applies with history: true (a plain PUBLISH keeps no history)');
       }
     }
+    const command = plainCommand(sharded, cluster);
     const payload = plainPayload(encodeData(data), users);
-    return Number(await client.sendCommand(['PUBLISH', name, payload]));
+    return Number(await send(name, [command, name, payload]));
   }
 
+  if (sharded != null) {
+    throw new PublishArgumentError('sharded', sharded,
+      'only applies without history (sse_publish itself publishes with SPUBLISH in cluster mode, PUBLISH otherwise)');
+  }
   const args = fcallArgs(name, encodeData(data), {
     audience: users,
     maxlen: maxlen != null ? checkInt('maxlen', maxlen, 1) : undefined,
     ttl: ttl != null ? checkInt('ttl', ttl, 0) : undefined,
     prefix: prefix != null ? validatePrefix(prefix) : undefined,
+    cluster,
   });
   try {
-    return Number(await client.sendCommand(args));
+    return Number(await send(name, args));
   } catch (e) {
     if (!functionMissing(e)) throw e;
   }
   await loadFunction(client);
-  return Number(await client.sendCommand(args));
+  return Number(await send(name, args));
 }
 
 export interface Publisher {

@@ -15,7 +15,8 @@ export const RESERVED_PREFIX = 'sse:';
 const NAME_RULE = "a name is 1 to 128 bytes of A-Z a-z 0-9 _ - . @ in non-empty segments separated by ':'";
 
 /** The argument of `publish` that broke a rule. */
-export type PublishArgumentField = 'channel' | 'to' | 'prefix' | 'maxlen' | 'ttl' | 'history' | 'data' | 'options';
+export type PublishArgumentField =
+  'channel' | 'to' | 'prefix' | 'maxlen' | 'ttl' | 'history' | 'cluster' | 'sharded' | 'data' | 'options';
 
 /**
  * An argument of `publish` that nginx-sse or `sse_publish` would refuse (or

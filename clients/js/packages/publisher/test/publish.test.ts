@@ -1,6 +1,8 @@
+import { createClient, createCluster } from 'redis';
 import { describe, expect, it } from 'vitest';
 import {
-  PublishArgumentError, encodeData, plainPayload, publish, sseLua, type PublishOptions, type RedisCommandClient,
+  PublishArgumentError, encodeData, fcallArgs, isClusterClient, loadFunction, plainPayload, publish, sseLua,
+  type PublishOptions, type RedisClusterCommandClient, type RedisCommandClient, type RedisPublishClient,
 } from '../src/index';
 
 /** Records sendCommand calls; answers from a list (an Error is a rejection). */
@@ -16,6 +18,28 @@ class FakeClient implements RedisCommandClient {
   /** The calls with Buffers as latin1 strings (bytes visible). */
   get shown(): string[][] {
     return this.calls.map((c) => c.map((a) => (Buffer.isBuffer(a) ? a.toString('latin1') : a)));
+  }
+}
+
+/** Shows Buffers as latin1 strings (bytes visible). */
+const show = (args: Array<string | Buffer>) => args.map((a) => (Buffer.isBuffer(a) ? a.toString('latin1') : a));
+
+/**
+ * A cluster client as node-redis' createCluster has it: sendCommand(firstKey,
+ * isReadonly, args) recorded with its key, and two masters whose node
+ * clients record what is sent to each.
+ */
+class FakeCluster implements RedisClusterCommandClient {
+  calls: Array<{ key: string | Buffer | undefined; readonly: boolean | undefined; args: string[] }> = [];
+  readonly nodes = new Map<string, FakeClient>([['m1', new FakeClient()], ['m2', new FakeClient()]]);
+  readonly masters: string[];
+  constructor(private replies: unknown[] = [], masters = ['m1', 'm2']) { this.masters = masters; }
+  async nodeClient(node: unknown): Promise<FakeClient> { return this.nodes.get(node as string)!; }
+  async sendCommand(key: string | Buffer | undefined, readonly: boolean | undefined, args: Array<string | Buffer>): Promise<unknown> {
+    this.calls.push({ key, readonly, args: show(args) });
+    const r = this.replies.length ? this.replies.shift() : 1;
+    if (r instanceof Error) throw r;
+    return r;
   }
 }
 
@@ -131,7 +155,7 @@ describe('publish', () => {
 
   it('names an unknown option', async () => {
     await expect(publish(new FakeClient(), 'ok', 'x', { histroy: true } as unknown as PublishOptions))
-      .rejects.toThrow('options "histroy": unknown option; known: to, history, maxlen, ttl, prefix');
+      .rejects.toThrow('options "histroy": unknown option; known: to, history, maxlen, ttl, prefix, cluster, sharded');
   });
 
   it('loads the function once when Redis lacks it, then retries', async () => {
@@ -156,5 +180,88 @@ describe('publish', () => {
     const c = new FakeClient([redisError('ERR bad option "to=x"')]);
     await expect(publish(c, 'ch', 'x', { history: true })).rejects.toThrow('bad option');
     expect(c.calls.length).toBe(1);
+  });
+});
+
+describe('Redis Cluster', () => {
+  it('fcallArgs declares the channel as the one key in cluster mode', () => {
+    const x = Buffer.from('x');
+    expect(show(fcallArgs('ch', x))).toEqual(['FCALL', 'sse_publish', '0', 'ch', 'x']);
+    expect(show(fcallArgs('ch', x, { cluster: true }))).toEqual(['FCALL', 'sse_publish', '1', 'ch', 'x']);
+    expect(show(fcallArgs('ch', x, { cluster: true, maxlen: 5, ttl: 7, audience: 'u1', prefix: 'p' })))
+      .toEqual(['FCALL', 'sse_publish', '1', 'ch', 'x', 'maxlen=5', 'ttl=7', 'to=u1', 'prefix=p']);
+  });
+
+  it('detects node-redis cluster clients', () => {
+    // Real node-redis objects, not connected (nothing is sent); both types are accepted as they are.
+    const url = 'redis://127.0.0.1:1';
+    const clients: RedisPublishClient[] = [createClient({ url }), createCluster({ rootNodes: [{ url }] })];
+    expect(clients.map(isClusterClient)).toEqual([false, true]);
+    expect(isClusterClient(new FakeCluster())).toBe(true);
+    expect(isClusterClient(new FakeClient())).toBe(false);
+    expect(isClusterClient(null)).toBe(false);
+  });
+
+  it('a plain publish is SPUBLISH to the master of the channel, PUBLISH with sharded: false', async () => {
+    const c = new FakeCluster([2, 1, 5]);
+    expect(await publish(c, 'logs:w1:f', { a: 1 })).toBe(2);
+    expect(await publish(c, 'dashboards:7', 'x', { to: ['u42'] })).toBe(1);
+    expect(await publish(c, 'logs:w1:f', 'y', { sharded: false })).toBe(5);
+    expect(c.calls).toEqual([
+      { key: 'logs:w1:f', readonly: false, args: ['SPUBLISH', 'logs:w1:f', '{"a":1}'] },
+      { key: 'dashboards:7', readonly: false, args: ['SPUBLISH', 'dashboards:7', '\x1esse1 to=u42\nx'] },
+      { key: 'logs:w1:f', readonly: false, args: ['PUBLISH', 'logs:w1:f', 'y'] },
+    ]);
+  });
+
+  it('history is FCALL sse_publish 1 <channel>, sent to the master of the channel', async () => {
+    const c = new FakeCluster([1, 2]);
+    expect(await publish(c, 'logs:w1:f', { a: 1 }, { history: true })).toBe(1);
+    expect(await publish(c, 'dashboards:7', 'x', { history: true, maxlen: 10, ttl: 60, to: 'u42', prefix: 'app2' })).toBe(2);
+    expect(c.calls).toEqual([
+      { key: 'logs:w1:f', readonly: false, args: ['FCALL', 'sse_publish', '1', 'logs:w1:f', '{"a":1}'] },
+      { key: 'dashboards:7', readonly: false, args: ['FCALL', 'sse_publish', '1', 'dashboards:7', 'x', 'maxlen=10', 'ttl=60', 'to=u42', 'prefix=app2'] },
+    ]);
+  });
+
+  it('cluster: true sends the cluster commands through a single-node client', async () => {
+    const c = new FakeClient([1, 1, 3]);
+    await publish(c, 'ch', 'a', { cluster: true });
+    await publish(c, 'ch', 'b', { cluster: true, sharded: false });
+    expect(await publish(c, 'ch', 'c', { cluster: true, history: true })).toBe(3);
+    expect(c.shown).toEqual([['SPUBLISH', 'ch', 'a'], ['PUBLISH', 'ch', 'b'], ['FCALL', 'sse_publish', '1', 'ch', 'c']]);
+  });
+
+  it.each([
+    ['cluster client, cluster: false', () => new FakeCluster(), { cluster: false }, 'cluster', /always in cluster mode/],
+    ['cluster: "yes"', () => new FakeClient(), { cluster: 'yes' }, 'cluster', /must be true or false/],
+    ['sharded outside cluster mode', () => new FakeClient(), { sharded: true }, 'sharded', /only in a Redis Cluster/],
+    ['sharded: 1', () => new FakeClient(), { cluster: true, sharded: 1 }, 'sharded', /must be true or false/],
+    ['sharded: true with history', () => new FakeCluster(), { history: true, sharded: true }, 'sharded', /only applies without history/],
+    ['sharded: false with history', () => new FakeCluster(), { history: true, sharded: false }, 'sharded', /only applies without history/],
+  ] as const)('refuses %s before sending', async (_name, make, options, field, message) => {
+    const c = make();
+    await expect(publish(c, 'ch', 'x', options as unknown as PublishOptions)).rejects.toMatchObject({
+      name: 'PublishArgumentError', field, message: expect.stringMatching(message),
+    });
+    expect(c.calls).toEqual([]);
+  });
+
+  it('loadFunction loads sse.lua on every master', async () => {
+    const c = new FakeCluster();
+    expect(await loadFunction(c)).toBe(1); // what the (fake) node clients answer
+    for (const node of c.nodes.values()) expect(node.shown).toEqual([['FUNCTION', 'LOAD', 'REPLACE', sseLua()]]);
+    expect(c.calls).toEqual([]);
+    await expect(loadFunction(new FakeCluster([], []))).rejects.toThrow(/knows no masters/);
+  });
+
+  it('loads the function on every master when the channel\'s master lacks it, then retries', async () => {
+    const c = new FakeCluster([redisError('ERR Function not found'), 7]);
+    expect(await publish(c, 'ch', 'x', { history: true })).toBe(7);
+    expect(c.calls.map((call) => [call.key, ...call.args.slice(0, 3)])).toEqual([
+      ['ch', 'FCALL', 'sse_publish', '1'],
+      ['ch', 'FCALL', 'sse_publish', '1'],
+    ]);
+    for (const node of c.nodes.values()) expect(node.shown.map((a) => a.slice(0, 3))).toEqual([['FUNCTION', 'LOAD', 'REPLACE']]);
   });
 });
