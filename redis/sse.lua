@@ -110,28 +110,37 @@ local function prev_in_epoch(id, prev)
 end
 
 --[[
-Redis Cluster: FCALL sse_publish 1 <channel> <payload> [options]
-The channel is the key (so the cluster runs the call on the node serving its
-slot). Its history has its own sequence, in keys that share the channel's slot
-({channel} is their hash tag): <P>:{<channel>}:s (a hash: n = the sequence,
-r = the replication id of the node that issued it) and <P>:{<channel>}:h (the
-Redis Stream). The event is published with SPUBLISH (sharded pub/sub). Epochs
-are always on: the first publish on a node whose replication id is not the
-one recorded (a promoted replica, a restarted node) moves the channel's
-sequence to the next multiple of 10^12.
+Redis Cluster: FCALL sse_publish 1 <P>:{<channel>}:s <payload> [options]
+The key is the channel's state, a hash that shares the channel's slot ({channel}
+is its hash tag): n = the channel's sequence, r = the replication id of the
+node that issued it; the history is the Redis Stream <P>:{<channel>}:h. Naming
+the real key lets the cluster run the call where the key is, also while its
+slot migrates (a name that no key has would be sent to the importing node
+before the history has moved there). The event is published with SPUBLISH
+(sharded pub/sub). Epochs are always on: the first publish on a node whose
+replication id is not the one recorded (a promoted replica, a restarted node)
+moves the channel's sequence to the next multiple of 10^12. The prefix comes
+from the key (prefix= is refused here).
 ]]
-local function publish_sharded(channel, args)
+local function publish_sharded(key, args)
+  local prefix, channel = string.match(key, '^(.-):{(.*)}:s$')
   local payload = args[1]
-  if not payload then
-    return redis.error_reply('usage: FCALL sse_publish 1 <channel> <payload> [maxlen=N] [ttl=S] [to=U,...] [prefix=P]')
+  if not prefix or not payload then
+    return redis.error_reply('usage: FCALL sse_publish 1 <prefix>:{<channel>}:s <payload> [maxlen=N] [ttl=S] [to=U,...]')
+  end
+  if not string.find(prefix, '^[%w_%-%.@:]+$') then
+    return redis.error_reply('bad prefix "' .. prefix .. '"')
   end
   if string.find(channel, '^sse:') then
     return redis.error_reply('channels starting with "sse:" are reserved')
   end
   local o, err = options(args, 2)
   if not o then return redis.error_reply(err) end
-  local base = o.prefix .. ':{' .. channel .. '}'
-  local state, stream = base .. ':s', base .. ':h'
+  if o.prefix ~= 'sse' then
+    return redis.error_reply('prefix= is given by the key in a cluster')
+  end
+  o.prefix = prefix
+  local state, stream = key, prefix .. ':{' .. channel .. '}:h'
   local now = replid()
   local seq = redis.call('HGET', state, 'n') or '0'
   if redis.call('HGET', state, 'r') ~= now then

@@ -388,6 +388,18 @@ impl Lanes {
         }
         if let Some(l) = self.lanes.get_mut(lane) {
             l.position = l.position.max(final_position);
+            // Into a new epoch (a failover) from where the client was: the
+            // lost master's last events may be missing, whatever the read
+            // said (held live events are not in its chain).
+            let from = match start {
+                Resume::After(since) => since.min(seq).max(before),
+                _ => before,
+            }
+            .max(newest_planned);
+            if !gap && from > 0 && history::epoch(l.position) > history::epoch(from) {
+                out.insert(0, gap_frame(scratch, &[&name]));
+                gap = true;
+            }
         }
         self.count_resume(gap);
         (out, problem)

@@ -118,3 +118,34 @@ pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
     }
     Some(out)
 }
+
+/// What a timer's `ev->data` points to when the timer belongs to no
+/// connection: a zeroed connection whose `fd` is -1 and whose `data` carries
+/// `tag`. nginx's debug log reads `ev->data` as a connection (`fd`, in
+/// `ngx_event_ident`) when a timer is added, deleted or fires, so `data`
+/// must point to readable memory of that shape, never hold a number.
+pub struct TimerIdent(Box<ngx::ffi::ngx_connection_t>);
+
+impl TimerIdent {
+    pub fn new(tag: *mut std::ffi::c_void) -> TimerIdent {
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut c: Box<ngx::ffi::ngx_connection_t> = Box::new(unsafe { std::mem::zeroed() });
+        c.fd = -1;
+        c.data = tag;
+        TimerIdent(c)
+    }
+
+    /// The pointer for `ev->data`; valid as long as `self` lives.
+    pub fn as_data(&mut self) -> *mut std::ffi::c_void {
+        &mut *self.0 as *mut ngx::ffi::ngx_connection_t as *mut std::ffi::c_void
+    }
+}
+
+/// The tag a [`TimerIdent`] carries, from a timer event's `data`.
+///
+/// # Safety
+/// `data` must come from [`TimerIdent::as_data`] of a live `TimerIdent`.
+pub unsafe fn timer_tag(data: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
+    // SAFETY: the caller's contract.
+    unsafe { (*(data as *mut ngx::ffi::ngx_connection_t)).data }
+}

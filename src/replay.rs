@@ -425,7 +425,15 @@ impl Replay {
         let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 2);
         // Into a new epoch (a Redis failover): whatever the reads say, the
         // lost master's last events may be missing on any channel.
-        let crossed = sent_before > 0 && history::epoch(self.last_id) > history::epoch(sent_before);
+        // The client's own position counts too (a resume: nothing was sent
+        // on this connection yet), and so do held live events.
+        let newest_planned = planned.iter().copied().max().unwrap_or(0);
+        let from = match stream_start {
+            Some(Resume::After(since)) => sent_before.max(since.min(seq)),
+            _ => sent_before,
+        }
+        .max(newest_planned);
+        let crossed = from > 0 && history::epoch(self.last_id) > history::epoch(from);
         if crossed {
             out.push(self.gap_everywhere(scratch));
         } else if !gaps.is_empty() {

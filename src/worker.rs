@@ -40,7 +40,7 @@ use crate::fanout::{Effects, Fanout, Scope};
 use crate::frame::Frame;
 use crate::lanes::LanePhase;
 use crate::metrics;
-use crate::ngx_ext::{cycle_log, random_bytes};
+use crate::ngx_ext::{cycle_log, random_bytes, timer_tag, TimerIdent};
 use crate::redis::connection::auth_args;
 use crate::redis::{
     self, Commands, Connection, Link, Peer, RedisEvent, Request, Role, SentinelSink, SentinelWatch,
@@ -74,6 +74,9 @@ struct Worker {
     /// the timer that reads the topology again.
     shards: Option<Shards>,
     topology_timer: Option<Box<ngx_event_t>>,
+    /// What the topology timer's `data` points to (kept alive here; only
+    /// nginx reads it, through the timer).
+    _topology_ident: TimerIdent,
     /// `sse_redis_prefix`.
     prefix: String,
     /// `sse_max_message_size`: larger messages are skipped.
@@ -110,6 +113,8 @@ struct Waiting {
     finish: Finish,
     /// `sse_subscribe_timeout`.
     timer: ngx_event_t,
+    /// What the timer's `data` points to (it carries the request number).
+    ident: TimerIdent,
 }
 
 /// What became of a change request.
@@ -194,11 +199,16 @@ pub unsafe fn change(
         }
         // SAFETY: all-zero is the initial state of an nginx event.
         let timer = unsafe { std::mem::zeroed() };
-        // Boxed: nginx's timer tree holds the event's address.
-        let mut waiting = Box::new(Waiting { r, finish, timer });
         let id = change.request;
+        // Boxed: nginx's timer tree holds the event's address.
+        let mut waiting = Box::new(Waiting {
+            r,
+            finish,
+            timer,
+            ident: TimerIdent::new(id as usize as *mut c_void),
+        });
         waiting.timer.handler = Some(change_timeout);
-        waiting.timer.data = id as usize as *mut c_void;
+        waiting.timer.data = waiting.ident.as_data();
         // SAFETY: `r` and its connection are live; the cleanup runs when
         // nginx frees the request, and drops the waiting entry (and its
         // timer) if it is still there.
@@ -227,8 +237,8 @@ pub unsafe fn change(
 
 /// `sse_subscribe_timeout` passed without an answer.
 unsafe extern "C" fn change_timeout(ev: *mut ngx_event_t) {
-    // SAFETY: the timer of a waiting entry carries its id.
-    let id = unsafe { (*ev).data } as usize as u64;
+    // SAFETY: the timer of a waiting entry carries its id in its ident.
+    let id = unsafe { timer_tag((*ev).data) } as usize as u64;
     if let Some(waiting) = with(|w| w.waiting.remove(&id)).flatten() {
         let body = b"sse: the stream did not answer\n";
         // SAFETY: a waiting request is live until answered or cleaned up.
@@ -1014,9 +1024,11 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         )
     });
     let shards = cluster.then(|| Shards::new(auth, main.history_used.then_some(PUBLISH_FUNCTION)));
+    let mut topology_ident = TimerIdent::new(ptr::null_mut());
     let topology_timer = cluster.then(|| {
         // SAFETY: all-zero is the initial state of an nginx event.
         let mut ev: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
+        ev.data = topology_ident.as_data();
         ev.handler = Some(topology_tick);
         ev.log = cycle.log;
         // The timer never keeps an exiting worker alive.
@@ -1037,6 +1049,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             master: None,
             shards,
             topology_timer,
+            _topology_ident: topology_ident,
             prefix: main.prefix().to_string(),
             max_message: main.max_message,
             barrier_token: 0,

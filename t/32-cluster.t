@@ -951,4 +951,33 @@ $_->close for @LIVE;
 $nginx->stop;
 is scalar($nginx->alerts), 0, 'no [alert] or [emerg] in error.log over the whole file' or diag join "\n", $nginx->alerts;
 
+# With a debug error log, nginx's own debug lines read each timer's `data`
+# as a connection: the module's timers (reconnects, keepalive PINGs, the
+# topology re-read, started at once for each new shard) must point at
+# something of that shape (a worker once crashed there, in a respawn loop).
+subtest 'error_log debug: workers keep running in cluster mode' => sub {
+    my $v = `$SSETest::NGINX_BIN -V 2>&1`;
+    plan skip_all => 'nginx is not built --with-debug' unless $v =~ /--with-debug/;
+    my $dbg = start_nginx(
+        redis_url => "redis-cluster://$SEEDS",
+        workers   => 2,
+        main      => 'error_log debug.log debug;',
+        server    => qq{
+            location = /events { sse_channel \$arg_channels; sse_allow $grants; sse_user \$arg_user; sse_session on; }
+    });
+    my @pids = $dbg->worker_pids;
+    my $debug_log = $dbg->prefix . '/debug.log';
+    ok wait_until(sub { (() = SSETest::slurp($debug_log) =~ /connected to redis \(shard\) at /g) >= 6 }, 10),
+        'the workers connect their sharded subscribers (debug log on)';
+    my $ch = $BY_SHARD[1][6];
+    my $c = open_stream($dbg, 'u3', $ch);
+    my ($live) = grep { $_ != $DEAD } @ALL;    # the failover above killed one
+    is warm_up([$c], slot_table($live), \%SLOT, [$live], 10), 1, "a stream on $ch receives an SPUBLISHed event";
+    sleep 1.5;    # reconnect, topology and keepalive timers fire meanwhile
+    is_deeply [ sort $dbg->worker_pids ], [ sort @pids ], 'the same workers run (none crashed and was respawned)';
+    unlike $dbg->error_log, qr/exited on signal/, 'no worker exited on a signal';
+    $c->close;
+    $dbg->stop;
+};
+
 done_testing;

@@ -29,7 +29,7 @@ use super::{
     ping_handler, read_handler, reconnect_handler, write_handler, Link, Peer, RedisEvent, Role,
 };
 use crate::metrics;
-use crate::ngx_ext::cycle_log;
+use crate::ngx_ext::{cycle_log, TimerIdent};
 use sse_core::metrics::{Counter, Gauge};
 
 const CONNECT_TIMEOUT_MS: ngx_msec_t = 3_000;
@@ -115,6 +115,8 @@ pub struct Connection<P> {
     /// A copy of the cycle log at CRIT level, given to nginx's connect code
     /// so that each failed attempt does not log a line of its own.
     quiet_log: ngx_log_t,
+    /// What the timers' `data` points to (it carries the link).
+    timer_ident: TimerIdent,
 }
 
 /// The arguments of AUTH for these credentials (none without a password).
@@ -152,9 +154,11 @@ impl<P: Conversation> Connection<P> {
             ever_connected: false,
             last_error: String::new(),
             quiet_log,
+            timer_ident: TimerIdent::new(link.tag()),
         });
         connection.quiet_log.log_level = NGX_LOG_CRIT as usize;
         let log = cycle_log();
+        let data = connection.timer_ident.as_data();
         for (ev, handler) in [
             (
                 &mut connection.reconnect,
@@ -164,7 +168,7 @@ impl<P: Conversation> Connection<P> {
         ] {
             ev.handler = Some(handler);
             ev.log = log;
-            ev.data = link.tag();
+            ev.data = data;
             // Our timers never keep an exiting worker alive.
             ev.set_cancelable(1);
         }

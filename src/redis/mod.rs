@@ -216,15 +216,15 @@ unsafe extern "C" fn write_handler(ev: *mut ngx_event_t) {
 }
 
 unsafe extern "C" fn reconnect_handler(ev: *mut ngx_event_t) {
-    // SAFETY: our timers carry their role tag in `data`.
-    if let Some(role) = Link::from_tag(unsafe { (*ev).data }) {
+    // SAFETY: our timers' `data` is their connection's TimerIdent.
+    if let Some(role) = Link::from_tag(unsafe { crate::ngx_ext::timer_tag((*ev).data) }) {
         emit(role, RedisEvent::Reconnect, ev);
     }
 }
 
 unsafe extern "C" fn ping_handler(ev: *mut ngx_event_t) {
-    // SAFETY: our timers carry their role tag in `data`.
-    if let Some(role) = Link::from_tag(unsafe { (*ev).data }) {
+    // SAFETY: our timers' `data` is their connection's TimerIdent.
+    if let Some(role) = Link::from_tag(unsafe { crate::ngx_ext::timer_tag((*ev).data) }) {
         emit(role, RedisEvent::Ping, ev);
     }
 }

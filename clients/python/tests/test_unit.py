@@ -256,11 +256,11 @@ def test_other_redis_errors_are_not_retried():
 # -- Redis Cluster ----------------------------------------------------------
 
 
-def test_fcall_args_in_cluster_mode_declare_the_channel_as_the_key():
+def test_fcall_args_in_cluster_mode_declare_the_channel_state_as_the_key():
     assert fcall_args(b"ch", b"x") == ["FCALL", "sse_publish", "0", b"ch", b"x"]
-    assert fcall_args(b"ch", b"x", cluster=True) == ["FCALL", "sse_publish", "1", b"ch", b"x"]
+    assert fcall_args(b"ch", b"x", cluster=True) == ["FCALL", "sse_publish", "1", b"sse:{ch}:s", b"x"]
     assert fcall_args(b"ch", b"x", cluster=True, maxlen=5, ttl=7, audience=b"u1", prefix=b"p") == [
-        "FCALL", "sse_publish", "1", b"ch", b"x", b"maxlen=5", b"ttl=7", b"to=u1", b"prefix=p",
+        "FCALL", "sse_publish", "1", b"p:{ch}:s", b"x", b"maxlen=5", b"ttl=7", b"to=u1",
     ]
 
 
@@ -286,9 +286,9 @@ def test_cluster_client_history_is_fcall_with_one_key():
     assert publish(c, "logs:w1:f", {"a": 1}, history=True) == 1
     assert publish(c, "dashboards:7", "x", history=True, maxlen=10, ttl=60, to="u42", prefix="app2") == 2
     assert c.calls == [
-        (("FCALL", "sse_publish", "1", b"logs:w1:f", b'{"a":1}'), {}),
-        (("FCALL", "sse_publish", "1", b"dashboards:7", b"x",
-          b"maxlen=10", b"ttl=60", b"to=u42", b"prefix=app2"), {}),
+        (("FCALL", "sse_publish", "1", b"sse:{logs:w1:f}:s", b'{"a":1}'), {}),
+        (("FCALL", "sse_publish", "1", b"app2:{dashboards:7}:s", b"x",
+          b"maxlen=10", b"ttl=60", b"to=u42"), {}),
     ]
 
 
@@ -300,7 +300,7 @@ def test_cluster_mode_on_another_client_sends_the_cluster_commands_through_it():
     assert c.calls == [
         ("SPUBLISH", b"ch", b"a"),
         ("PUBLISH", b"ch", b"b"),
-        ("FCALL", "sse_publish", "1", b"ch", b"c"),
+        ("FCALL", "sse_publish", "1", b"sse:{ch}:s", b"c"),
     ]
 
 

@@ -9,7 +9,7 @@ sections "Publishing", "Delivery guarantees" and "Securing streams".
 
 In a Redis Cluster (a ``redis.cluster.RedisCluster`` client, or
 ``cluster=True``) the same calls are ``SPUBLISH`` and
-``FCALL sse_publish 1 <channel> ...`` (the channel is the key, so the cluster
+``FCALL sse_publish 1 <prefix>:{<channel>}:s ...`` (the channel's state is the key, so the cluster
 client sends them to the master that serves the channel's slot): README,
 "Redis Cluster".
 """
@@ -202,19 +202,24 @@ def fcall_args(
     cluster: bool = False,
 ) -> List[Union[str, bytes]]:
     """The arguments of ``FCALL sse_publish 0 <channel> <payload> [options]``,
-    or with ``cluster`` of ``FCALL sse_publish 1 <channel> ...`` (the channel
-    is the call's one key: per-channel sequence and history on the node that
-    serves its slot). The command words are str: redis-py's cluster client
-    routes only those."""
-    numkeys = "1" if cluster else "0"
-    args: List[Union[str, bytes]] = ["FCALL", "sse_publish", numkeys, channel, payload]
+    or with ``cluster`` of ``FCALL sse_publish 1 <prefix>:{<channel>}:s
+    <payload> [options]``: the call's one key is the channel's state (its
+    per-channel sequence), which shares the channel's slot, so the cluster
+    runs the call on the node serving it, also while the slot migrates; the
+    prefix is part of that key. The command words are str: redis-py's cluster
+    client routes only those."""
+    if cluster:
+        key = (prefix if prefix is not None else b"sse") + b":{" + channel + b"}:s"
+        args: List[Union[str, bytes]] = ["FCALL", "sse_publish", "1", key, payload]
+    else:
+        args = ["FCALL", "sse_publish", "0", channel, payload]
     if maxlen is not None:
         args.append(b"maxlen=%d" % maxlen)
     if ttl is not None:
         args.append(b"ttl=%d" % ttl)
     if audience is not None:
         args.append(b"to=" + audience)
-    if prefix is not None:
+    if prefix is not None and not cluster:
         args.append(b"prefix=" + prefix)
     return args
 
@@ -318,7 +323,7 @@ def publish(
       ``redis.cluster.RedisCluster``. ``True`` with another client (one that
       reaches a cluster through a proxy, or one node that serves every slot)
       sends the cluster commands through it. In cluster mode history is
-      ``FCALL sse_publish 1 <channel> ...`` (a per-channel sequence) and a
+      ``FCALL sse_publish 1 <prefix>:{<channel>}:s ...`` (a per-channel sequence) and a
       plain publish is ``SPUBLISH``; ``sharded=False`` makes it a ``PUBLISH``.
 
     Raises :class:`PublishArgumentError` (a ``ValueError``) before sending

@@ -39,9 +39,11 @@ export function plainPayload(payload: Buffer, audience?: string): Buffer {
 
 /**
  * The arguments of `FCALL sse_publish 0 <channel> <payload> [options]`, or
- * with `cluster` of `FCALL sse_publish 1 <channel> ...` (the channel is the
- * call's one key: a per-channel sequence and history on the node serving its
- * slot).
+ * with `cluster` of `FCALL sse_publish 1 <prefix>:{<channel>}:s <payload>
+ * [options]`: the call's one key is the channel's state (its per-channel
+ * sequence), which shares the channel's slot, so the cluster runs the call on
+ * the node serving it, also while the slot migrates; the prefix is part of
+ * that key.
  */
 export function fcallArgs(
   channel: string,
@@ -49,10 +51,12 @@ export function fcallArgs(
   { audience, maxlen, ttl, prefix, cluster = false }:
   { audience?: string; maxlen?: number; ttl?: number; prefix?: string; cluster?: boolean } = {},
 ): Array<string | Buffer> {
-  const args: Array<string | Buffer> = ['FCALL', 'sse_publish', cluster ? '1' : '0', channel, payload];
+  const args: Array<string | Buffer> = cluster
+    ? ['FCALL', 'sse_publish', '1', `${prefix ?? 'sse'}:{${channel}}:s`, payload]
+    : ['FCALL', 'sse_publish', '0', channel, payload];
   if (maxlen !== undefined) args.push(`maxlen=${maxlen}`);
   if (ttl !== undefined) args.push(`ttl=${ttl}`);
   if (audience !== undefined) args.push(`to=${audience}`);
-  if (prefix !== undefined) args.push(`prefix=${prefix}`);
+  if (prefix !== undefined && !cluster) args.push(`prefix=${prefix}`);
   return args;
 }

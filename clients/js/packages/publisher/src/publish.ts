@@ -38,7 +38,7 @@ export interface PublishOptions {
   /** With history: the `sse_redis_prefix` of the nginx that serves it (default `sse`). */
   prefix?: string;
   /**
-   * Redis Cluster mode: `SPUBLISH` and `FCALL sse_publish 1 <channel>`. Default:
+   * Redis Cluster mode: `SPUBLISH` and `FCALL sse_publish 1 <prefix>:{<channel>}:s`. Default:
    * detected (true for a node-redis cluster client). `true` with another
    * client sends the cluster commands through it; `false` with a cluster
    * client is refused.
@@ -145,7 +145,7 @@ function functionMissing(error: unknown): boolean {
  * - otherwise a plain `PUBLISH`; resolves with the number of receivers
  *   (nginx workers subscribed to the channel, not browsers).
  * - `cluster`: Redis Cluster mode, detected by default (a node-redis cluster
- *   client). In cluster mode history is `FCALL sse_publish 1 <channel> ...`
+ *   client). In cluster mode history is `FCALL sse_publish 1 <prefix>:{<channel>}:s ...`
  *   (a per-channel sequence) and a plain publish is `SPUBLISH`
  *   (`sharded: false`: `PUBLISH`); a cluster client sends each to the master
  *   of the channel's slot.

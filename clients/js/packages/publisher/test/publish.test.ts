@@ -184,12 +184,12 @@ describe('publish', () => {
 });
 
 describe('Redis Cluster', () => {
-  it('fcallArgs declares the channel as the one key in cluster mode', () => {
+  it('fcallArgs declares the channel\'s state as the one key in cluster mode', () => {
     const x = Buffer.from('x');
     expect(show(fcallArgs('ch', x))).toEqual(['FCALL', 'sse_publish', '0', 'ch', 'x']);
-    expect(show(fcallArgs('ch', x, { cluster: true }))).toEqual(['FCALL', 'sse_publish', '1', 'ch', 'x']);
+    expect(show(fcallArgs('ch', x, { cluster: true }))).toEqual(['FCALL', 'sse_publish', '1', 'sse:{ch}:s', 'x']);
     expect(show(fcallArgs('ch', x, { cluster: true, maxlen: 5, ttl: 7, audience: 'u1', prefix: 'p' })))
-      .toEqual(['FCALL', 'sse_publish', '1', 'ch', 'x', 'maxlen=5', 'ttl=7', 'to=u1', 'prefix=p']);
+      .toEqual(['FCALL', 'sse_publish', '1', 'p:{ch}:s', 'x', 'maxlen=5', 'ttl=7', 'to=u1']);
   });
 
   it('detects node-redis cluster clients', () => {
@@ -214,13 +214,13 @@ describe('Redis Cluster', () => {
     ]);
   });
 
-  it('history is FCALL sse_publish 1 <channel>, sent to the master of the channel', async () => {
+  it('history is FCALL sse_publish 1 <prefix>:{<channel>}:s, sent to the master of the channel', async () => {
     const c = new FakeCluster([1, 2]);
     expect(await publish(c, 'logs:w1:f', { a: 1 }, { history: true })).toBe(1);
     expect(await publish(c, 'dashboards:7', 'x', { history: true, maxlen: 10, ttl: 60, to: 'u42', prefix: 'app2' })).toBe(2);
     expect(c.calls).toEqual([
-      { key: 'logs:w1:f', readonly: false, args: ['FCALL', 'sse_publish', '1', 'logs:w1:f', '{"a":1}'] },
-      { key: 'dashboards:7', readonly: false, args: ['FCALL', 'sse_publish', '1', 'dashboards:7', 'x', 'maxlen=10', 'ttl=60', 'to=u42', 'prefix=app2'] },
+      { key: 'logs:w1:f', readonly: false, args: ['FCALL', 'sse_publish', '1', 'sse:{logs:w1:f}:s', '{"a":1}'] },
+      { key: 'dashboards:7', readonly: false, args: ['FCALL', 'sse_publish', '1', 'app2:{dashboards:7}:s', 'x', 'maxlen=10', 'ttl=60', 'to=u42'] },
     ]);
   });
 
@@ -229,7 +229,7 @@ describe('Redis Cluster', () => {
     await publish(c, 'ch', 'a', { cluster: true });
     await publish(c, 'ch', 'b', { cluster: true, sharded: false });
     expect(await publish(c, 'ch', 'c', { cluster: true, history: true })).toBe(3);
-    expect(c.shown).toEqual([['SPUBLISH', 'ch', 'a'], ['PUBLISH', 'ch', 'b'], ['FCALL', 'sse_publish', '1', 'ch', 'c']]);
+    expect(c.shown).toEqual([['SPUBLISH', 'ch', 'a'], ['PUBLISH', 'ch', 'b'], ['FCALL', 'sse_publish', '1', 'sse:{ch}:s', 'c']]);
   });
 
   it.each([
