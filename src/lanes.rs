@@ -59,6 +59,10 @@ pub struct Lanes {
     counted: bool,
     /// The client's resume was an id we could not read.
     malformed: bool,
+    /// The last generation handed out: one counter for all lanes, so that
+    /// a reply to a read of a lane that moved index (a live change) never
+    /// matches the lane now at that index.
+    generations: u32,
 }
 
 impl Lanes {
@@ -97,7 +101,13 @@ impl Lanes {
             start_last,
             counted: resume.is_none(),
             malformed,
+            generations: 0,
         }
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.generations = self.generations.wrapping_add(1);
+        self.generations
     }
 
     pub fn lanes(&self) -> &[Lane] {
@@ -128,19 +138,21 @@ impl Lanes {
     /// A lane's shard lost and regained its subscriber: read what was
     /// missed, after the barrier `token`.
     pub fn restart(&mut self, lane: usize, token: u64) {
+        let generation = self.next_generation();
         if let Some(l) = self.lanes.get_mut(lane) {
             if l.phase == LanePhase::Live {
                 l.start = Some(Resume::After(l.position));
             }
-            l.generation = l.generation.wrapping_add(1);
+            l.generation = generation;
             l.phase = LanePhase::AwaitingBarrier(token);
         }
     }
 
     /// Back to the queue (the commands connection broke mid-read).
     pub fn requeue(&mut self, lane: usize) {
+        let generation = self.next_generation();
         if let Some(l) = self.lanes.get_mut(lane) {
-            l.generation = l.generation.wrapping_add(1);
+            l.generation = generation;
             l.phase = LanePhase::Queued;
         }
     }
@@ -161,7 +173,8 @@ impl Lanes {
                     let mut lane = old.swap_remove(j);
                     // Replies to reads in flight name the old index.
                     if lane.phase != LanePhase::Live {
-                        lane.generation = lane.generation.wrapping_add(1);
+                        lane.generation = self.generations.wrapping_add(1);
+                        self.generations = lane.generation;
                         lane.phase = LanePhase::AwaitingBarrier(0);
                         fresh.push(i);
                     }
@@ -176,9 +189,10 @@ impl Lanes {
                         position: 0,
                         start: Some(Resume::Fresh),
                         phase: LanePhase::AwaitingBarrier(0),
-                        generation: 0,
+                        generation: self.generations.wrapping_add(1),
                         held: Vec::new(),
                     });
+                    self.generations = self.generations.wrapping_add(1);
                 }
             }
         }
@@ -187,10 +201,11 @@ impl Lanes {
 
     /// A lane waits for the barrier `token` on its shard before its read.
     pub fn await_barrier(&mut self, lane: usize, token: u64) {
+        let generation = self.next_generation();
         if let Some(l) = self.lanes.get_mut(lane) {
             // A live lane reads from where it is.
             l.start.get_or_insert(Resume::After(l.position));
-            l.generation = l.generation.wrapping_add(1);
+            l.generation = generation;
             l.phase = LanePhase::AwaitingBarrier(token);
         }
     }
@@ -326,7 +341,8 @@ impl Lanes {
         };
         let Plan { gaps, events, .. } = history::plan_each(seq, start_last, vec![(history, start)]);
         let mut gap = !gaps.is_empty() || failed;
-        if matches!(start, Resume::After(since) if since > seq) || l.position > seq {
+        // (A failed read says nothing of the sequence: the position stays.)
+        if !failed && (matches!(start, Resume::After(since) if since > seq) || l.position > seq) {
             // Redis lost this channel's sequence (or the id came from
             // elsewhere): what comes next is numbered from its position.
             l.position = seq;
@@ -394,8 +410,13 @@ impl Lanes {
             let from = match start {
                 Resume::After(since) => since.min(seq).max(before),
                 _ => before,
-            }
-            .max(newest_planned);
+            };
+            // Nothing known before (a resume from 0): the oldest replayed.
+            let from = if from > 0 {
+                from
+            } else {
+                planned.first().copied().unwrap_or(0)
+            };
             if !gap && from > 0 && history::epoch(l.position) > history::epoch(from) {
                 out.insert(0, gap_frame(scratch, &[&name]));
                 gap = true;

@@ -427,12 +427,16 @@ impl Replay {
         // lost master's last events may be missing on any channel.
         // The client's own position counts too (a resume: nothing was sent
         // on this connection yet), and so do held live events.
-        let newest_planned = planned.iter().copied().max().unwrap_or(0);
         let from = match stream_start {
             Some(Resume::After(since)) => sent_before.max(since.min(seq)),
             _ => sent_before,
-        }
-        .max(newest_planned);
+        };
+        // Nothing known before (a resume from 0): the oldest replayed event.
+        let from = if from > 0 {
+            from
+        } else {
+            planned.iter().copied().min().unwrap_or(0)
+        };
         let crossed = from > 0 && history::epoch(self.last_id) > history::epoch(from);
         if crossed {
             out.push(self.gap_everywhere(scratch));

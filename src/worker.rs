@@ -505,10 +505,13 @@ impl Worker {
         self.apply_lanes(effects);
         let mut moved = Vec::new();
         if let Some(shards) = self.shards.as_mut() {
+            let moved_now = !effects.moved.is_empty();
             for key in effects.moved.drain(..) {
                 shards.moved(&key);
             }
-            if shards.stale {
+            // A shard sent channels away: read the topology now (while it
+            // stays unsettled, the topology timer reads it every 0.5 s).
+            if !effects.moved.is_empty() || moved_now {
                 if let Some(commands) = self.commands.as_mut() {
                     commands.ask_topology();
                 }

@@ -28,8 +28,9 @@ use crate::ngx_ext::cycle_log;
 #[derive(Default)]
 pub struct ClusterMap {
     topology: Option<Topology>,
-    /// For each master of the topology, the shard that connects to it.
-    shard_of_master: Vec<usize>,
+    /// For each master of the topology, the shard that connects to it
+    /// (`None`: a master whose address is no IP, which is not used).
+    shard_of_master: Vec<Option<usize>>,
 }
 
 impl ClusterMap {
@@ -41,7 +42,7 @@ impl ClusterMap {
         }
         let topology = self.topology.as_ref()?;
         let master = topology.owner(key_slot(key))?;
-        self.shard_of_master.get(master).copied()
+        self.shard_of_master.get(master).copied().flatten()
     }
 }
 
@@ -155,6 +156,13 @@ impl Shards {
             let mut wanted = vec![false; self.conns.len()];
             for (ip, port) in topology.masters() {
                 let Some(peer) = Peer::from_ip(ip, port.to_string().as_bytes()) else {
+                    ngx_log_error!(
+                        NGX_LOG_NOTICE,
+                        cycle_log(),
+                        "sse: redis cluster master \"{}:{port}\" is not an IP address; its channels are served by plain pub/sub only",
+                        String::from_utf8_lossy(ip)
+                    );
+                    shard_of_master.push(None);
                     continue;
                 };
                 let shard = match self.peers.iter().position(|p| p.as_ref() == Some(&peer)) {
@@ -163,7 +171,7 @@ impl Shards {
                 };
                 wanted.resize(self.conns.len(), false);
                 wanted[shard] = true;
-                shard_of_master.push(shard);
+                shard_of_master.push(Some(shard));
             }
             let mut left = Vec::new();
             for (i, keep) in wanted.iter().enumerate() {
