@@ -411,7 +411,7 @@ impl CommandsSink for Fanout<'_> {
             return; // the stream ended meanwhile
         };
         let s = stream(key);
-        if let Some(lane) = request.lane {
+        let problem = if let Some(lane) = request.lane {
             let lane = lane as usize;
             let current = s
                 .lanes
@@ -423,24 +423,18 @@ impl CommandsSink for Fanout<'_> {
             if !current {
                 return; // a reply to an abandoned read
             }
-            if let Some(problem) = s.finish_lane(lane, value, self.scratch, self.max_message) {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    cycle_log(),
-                    "sse: history read failed: {}",
-                    problem
-                );
+            s.finish_lane(lane, value, self.scratch, self.max_message)
+        } else {
+            let current = s
+                .replay
+                .as_ref()
+                .is_some_and(|r| r.generation == request.generation && r.phase == Phase::Fetching);
+            if !current {
+                return; // a reply to an abandoned read
             }
-            self.mark_dirty(key);
-            return;
-        }
-        let Some(replay) = s.replay.as_mut() else {
-            return;
+            s.finish_replay(value, self.scratch, self.max_message)
         };
-        if replay.generation != request.generation || replay.phase != Phase::Fetching {
-            return; // a reply to an abandoned read
-        }
-        if let Some(problem) = s.finish_replay(value, self.scratch, self.max_message) {
+        if let Some(problem) = problem {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 cycle_log(),
