@@ -21,12 +21,12 @@ use sse_core::resp::Value;
 use sse_core::session::{self, Answer, Change, NodeMessage};
 
 use crate::frame::{Frame, REFUSED_EVENT};
-use crate::lanes::{self, LanePhase};
 use crate::metrics;
 use crate::ngx_ext::cycle_log;
 use crate::redis::{ClusterMap, CommandsSink, Request, SubscriberSink};
 use crate::replay::Phase;
 use crate::stream::{Stream, StreamKey};
+use sse_core::lanes::{self, LanePhase};
 use sse_core::metrics::Counter;
 
 /// What a Redis event handler asks the worker to do afterwards.

@@ -42,7 +42,6 @@ mod config;
 mod fanout;
 mod frame;
 mod http;
-mod lanes;
 mod metrics;
 mod ngx_ext;
 mod redis;

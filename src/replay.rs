@@ -19,7 +19,7 @@
 //! id order and drops any id it already sent.
 
 use sse_core::frame;
-use sse_core::history::{self, ChannelHistory, Plan, Resume};
+use sse_core::history::{self, ChannelHistory, Plan, Resume, GAP_EVENT};
 use sse_core::resp::Value;
 
 use std::collections::HashSet;
@@ -39,8 +39,6 @@ pub enum RequestKind {
     Last(usize),
 }
 
-/// The event that announces missing history; data: the channels, comma-separated.
-pub const GAP_EVENT: &[u8] = b"sse-gap";
 /// Most entries read per channel in one replay.
 const MAX_REPLAY: usize = 100_000;
 

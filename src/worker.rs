@@ -38,7 +38,6 @@ use sse_core::session::{self, Answer, Change, ChangeError, CHANNELS_EVENT};
 
 use crate::fanout::{Effects, Fanout, Scope};
 use crate::frame::Frame;
-use crate::lanes::LanePhase;
 use crate::metrics;
 use crate::ngx_ext::{cycle_log, random_bytes, timer_tag, TimerIdent};
 use crate::redis::connection::auth_args;
@@ -49,6 +48,7 @@ use crate::redis::{
 use crate::replay::Phase;
 use crate::stream::{self, Stream, StreamKey};
 use crate::SseModule;
+use sse_core::lanes::LanePhase;
 
 /// The `sse_publish` function library, loaded by the commands connection.
 const PUBLISH_FUNCTION: &str = include_str!("../redis/sse.lua");
@@ -770,12 +770,8 @@ impl Worker {
         // Redis Cluster history: kept lanes keep their positions, new ones
         // read their channel's position; the event carries the stream's new
         // id (the vector of the new channel set).
-        let mut fresh_lanes = None;
-        let concrete = concrete_of(s.subscriptions());
-        if let Some(lanes) = s.lanes.as_mut() {
-            fresh_lanes = Some(lanes.change(concrete));
-        }
-        let vector = s.lanes.as_ref().map(|l| l.id());
+        let fresh_lanes = s.change_lanes(concrete_of(s.subscriptions()));
+        let vector = s.lanes.as_mut().map(|l| l.announce_id());
         let now = session::join(s.subscriptions());
         let event = Frame::encode(&mut self.scratch, |out| {
             let id = vector.as_deref().map(str::as_bytes);

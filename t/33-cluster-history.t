@@ -198,7 +198,7 @@ sub parse_vector {
     my ($id, $chans) = @_;
     my @sorted = sort { $a cmp $b } uniq @$chans;
     return (undef, 'no id') unless defined $id;
-    return (undef, "not v<8 hex>(.<n>)+: '$id'") unless $id =~ /^v([0-9a-f]{8})((?:\.\d+)+)$/;
+    return (undef, "not v<8 hex>(.<n>|.-)+: '$id'") unless $id =~ /^v([0-9a-f]{8})((?:\.(?:\d+|-))+)$/;
     my ($sum, $rest) = ($1, $2);
     my @pos = split /\./, substr($rest, 1);
     return (undef, scalar(@pos) . ' positions for ' . scalar(@sorted) . " channels: '$id'") unless @pos == @sorted;
@@ -802,6 +802,8 @@ subtest 'live change: add a channel of another shard' => sub {
     is warm_up([$s], 10), 1, "a stream on @kept (shards 0 and 1) is live";
     my ($before) = parse_vector($s->{last_id}, \@kept);
     ok $before, "its id: $s->{last_id}";
+    # The added channel has a past, which the change must not replay.
+    publish_one($added, "$added old#$_") for 1 .. 3;
     my $res = http_request($nginx->port, POST => '/events/subscribe',
         headers => { 'Content-Type' => 'application/x-www-form-urlencoded' },
         body => form_urlencode([ session => $s->{token} ], [ add => $added ]));
@@ -815,7 +817,13 @@ subtest 'live change: add a channel of another shard' => sub {
     ok $pos, '... with an id: line holding the new vector (3 positions, checksum of the new set): '
         . ($ev && $ev->{own_id} // 'none') or diag $why;
     is_deeply { map { ($_ => $pos->{$_}) } @kept }, $before, '... the kept channels at their positions' if $pos;
+    is $pos && $pos->{$added}, '-', '... and the added one unknown ("-": not 0, which would replay its past)';
+    my $announced = $ev && $ev->{own_id};
     $s->{chans} = [@now];
+    ok $s->wait_for(sub { my ($p) = parse_vector($s->{last_id}, \@now); $p && $p->{$added} ne '-' }, 5),
+        'once read, an id-only line gives the added channel its position';
+    my ($learned) = parse_vector($s->{last_id}, \@now);
+    is $learned && $learned->{$added}, $PUBLISHED{"$added old#3"}, "... its sequence ($s->{last_id})";
     ok wait_until(sub { (shardnumsub(owner_now($added), $added) // 0) == 1 }, 5),
         "$added is subscribed on its master " . owner_now($added);
     my $from = scalar @{ $s->{events} };
@@ -828,7 +836,31 @@ subtest 'live change: add a channel of another shard' => sub {
         'the added channel\'s events arrive, in order' or diag "@got";
     is_deeply [ grep { !/^\Q$added\E\|/ } @got ], ["$kept[0]|$kept[0] e#1"], 'the kept channel\'s too';
     is_deeply [ vector_problems($s, $from, consistent => 1) ], [], 'with ids of the three channels naming FCALL\'s ids';
+    is_deeply [ grep { /old#/ } map { $_->{data} } data_events($s) ], [], 'the added channel\'s past was not replayed';
+    my $last = $s->{last_id};
     $s->close;
+
+    # Reconnects: from the last id, each channel resumes where it was; from
+    # the sse-channels id ("-" for the added one), that channel starts anew.
+    publish_one($added, "$added e#$_") for 4 .. 5;
+    publish_one($kept[1], "$kept[1] e#1");
+    my $q = '/events?channels=' . join(',', @now);
+    my $r = sse_connect($nginx->port, $q, headers => { 'Last-Event-ID' => $last });
+    $r->{chans} = [@now];
+    $r->wait_for(sub { data_events($r) >= 3 }, 5);
+    $r->drain(0.3);
+    is_deeply [ sort map { $_->{data} } data_events($r) ], [ sort "$added e#4", "$added e#5", "$kept[1] e#1" ],
+        "a reconnect with $last gets what it missed, on every channel, and nothing more";
+    is_deeply [ gap_channels($r) ], [], '... without sse-gap';
+    $r->close;
+    my $a = sse_connect($nginx->port, $q, headers => { 'Last-Event-ID' => $announced });
+    $a->{chans} = [@now];
+    $a->wait_for(sub { data_events($a) >= 5 }, 2);
+    is_deeply [ sort grep { /^\Q$added\E / } map { $_->{data} } data_events($a) ], [],
+        "a reconnect with $announced does not replay the added channel's history";
+    is_deeply [ sort grep { !/^\Q$added\E / } map { $_->{data} } data_events($a) ], [ sort "$kept[0] e#1", "$kept[1] e#1" ],
+        '... and resumes the kept channels from their positions';
+    $a->close;
 };
 
 # ---------------------------------------------------------------------------

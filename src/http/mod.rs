@@ -17,12 +17,12 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Method, NgxHttpCoreModule, Request};
 use sse_core::history::Resume;
 
-use crate::lanes::Lanes;
 use crate::metrics;
 use crate::ngx_ext::{add_pool_header, add_static_header, random_bytes, static_str};
 use crate::replay::Replay;
 use crate::stream::{Opening, Stream};
 use crate::{worker, SseModule};
+use sse_core::lanes::Lanes;
 use sse_core::metrics::Counter;
 use sse_core::session::Token;
 

@@ -41,11 +41,11 @@ use sse_core::resp::Value;
 use sse_core::session::Token;
 
 use crate::frame::Frame;
-use crate::lanes::Lanes;
 use crate::metrics;
 use crate::ngx_ext::NgxStrExt;
 use crate::replay::{Live, Replay};
 use crate::transport::{Direct, RequestWriter, Written};
+use sse_core::lanes::Lanes;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
@@ -441,7 +441,7 @@ impl Stream {
         let held = lanes.held_bytes(lane);
         let budget = self.max_backlog.saturating_sub(self.pending_bytes);
         self.pending_bytes = self.pending_bytes.saturating_sub(held);
-        let (frames, problem) = lanes.complete(
+        let done = lanes.complete(
             lane,
             value,
             self.user.as_deref(),
@@ -449,14 +449,27 @@ impl Stream {
             budget,
             max_message,
         );
+        metrics::count(Counter::EventsReplayed, done.replayed as u64);
+        if let Some(resume) = done.resume {
+            metrics::count(resume, 1);
+        }
         if self.state == State::Open {
-            metrics::count(Counter::EventsSent, (frames.len() / 2) as u64);
-            for frame in frames {
+            metrics::count(Counter::EventsSent, done.events as u64);
+            for frame in done.frames {
                 self.pending_bytes += frame.len();
                 self.queue.push_back(frame);
             }
         }
-        problem
+        done.problem
+    }
+
+    /// A live change on a Redis Cluster history stream: its lanes follow
+    /// the new channel set. Returns the lanes to read (`None` without
+    /// lanes); what removed lanes held is owed no more.
+    pub fn change_lanes(&mut self, channels: Vec<Box<[u8]>>) -> Option<Vec<usize>> {
+        let (fresh, dropped) = self.lanes.as_mut()?.change(channels);
+        self.pending_bytes = self.pending_bytes.saturating_sub(dropped);
+        Some(fresh)
     }
 
     /// Queues a frame; no I/O happens until [`Stream::flush`].

@@ -11,6 +11,40 @@
 //! a `data` field value. The event name and id are stripped of line breaks for
 //! the same reason (callers pass validated names, this is defence in depth).
 
+use std::rc::Rc;
+
+/// An event formatted once and shared by every stream it goes to: a stream
+/// keeps it alive until its bytes are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Shared(Rc<[u8]>),
+    Static(&'static [u8]),
+}
+
+impl Frame {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Shared(b) => b,
+            Frame::Static(b) => b,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// A frame formatted into `scratch` (a reused buffer) by `encode`.
+    pub fn encode(scratch: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Frame {
+        scratch.clear();
+        encode(scratch);
+        Frame::Shared(Rc::from(&scratch[..]))
+    }
+}
+
 /// A comment line: ignored by EventSource, keeps proxies and NAT entries alive.
 pub const HEARTBEAT: &[u8] = b":\n";
 

@@ -18,6 +18,9 @@ use std::fmt;
 use crate::envelope;
 use crate::resp::Value;
 
+/// The event that announces missing history; data: the channels, comma-separated.
+pub const GAP_EVENT: &[u8] = b"sse-gap";
+
 /// Ids of one epoch: after a Redis failover, `sse_publish` starts the next
 /// multiple of this (redis/sse.lua), above any id the old master issued.
 pub const EPOCH: u64 = 1_000_000_000_000;

@@ -6,6 +6,7 @@
 //! - [`channel`]: channel names and the channel lists clients ask for;
 //! - [`pattern`]: channel patterns and grants (who may read what);
 //! - [`position`]: Redis Cluster ids, one position per channel;
+//! - [`lanes`]: a Redis Cluster history stream's per-channel replays;
 //! - [`envelope`]: the optional envelope of a published message (audience);
 //! - [`history`]: Last-Event-ID resume and gap detection over Redis Streams;
 //! - [`resp`]: the Redis protocol (replies in, commands out);
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod envelope;
 pub mod frame;
 pub mod history;
+pub mod lanes;
 pub mod metrics;
 pub mod pattern;
 pub mod position;

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! `n1, n2, ...` are the positions of the stream's channels (patterns have
-//! no history) sorted by name, and `checksum` (8 hex digits, FNV-1a of the
+//! no history) sorted by name, `-` for a channel whose position is not
+//! known yet (it was just added and its history is still being read: a
+//! resume from there starts the channel as a new stream would, where a `0`
+//! would replay its whole history), and `checksum` (8 hex digits, FNV-1a of the
 //! sorted names) says which channels those are: an id from another channel
 //! set is not read against this one (the stream then treats it as unknown
 //! and reports a gap, as for any id it did not issue). Size: 9 characters
@@ -40,19 +43,24 @@ fn checksum<N: AsRef<[u8]>>(sorted: &[N]) -> u32 {
     hash
 }
 
-/// The id of a stream whose channels (sorted by name) are at `positions`.
-pub fn encode<N: AsRef<[u8]>>(sorted: &[N], positions: &[u64]) -> String {
+/// The id of a stream whose channels (sorted by name) are at `positions`
+/// (`None`: not known yet).
+pub fn encode<N: AsRef<[u8]>>(sorted: &[N], positions: &[Option<u64>]) -> String {
     use std::fmt::Write;
     let mut out = format!("v{:08x}", checksum(sorted));
     for p in positions {
-        let _ = write!(out, ".{p}");
+        let _ = match p {
+            Some(p) => write!(out, ".{p}"),
+            None => write!(out, ".-"),
+        };
     }
     out
 }
 
-/// The positions an id gives for these channels (sorted by name); `None`
-/// if it is not a vector of exactly these channels.
-pub fn decode<N: AsRef<[u8]>>(raw: &[u8], sorted: &[N]) -> Option<Vec<u64>> {
+/// The positions an id gives for these channels (sorted by name; `None`
+/// where it says `-`); `None` if it is not a vector of exactly these
+/// channels.
+pub fn decode<N: AsRef<[u8]>>(raw: &[u8], sorted: &[N]) -> Option<Vec<Option<u64>>> {
     let rest = raw.strip_prefix(b"v")?;
     let mut parts = rest.split(|&b| b == b'.');
     let sum = parts.next()?;
@@ -63,8 +71,11 @@ pub fn decode<N: AsRef<[u8]>>(raw: &[u8], sorted: &[N]) -> Option<Vec<u64>> {
     if sum != checksum(sorted) {
         return None;
     }
-    let positions: Vec<u64> = parts
-        .map(crate::envelope::parse_id)
+    let positions: Vec<Option<u64>> = parts
+        .map(|p| match p {
+            b"-" => Some(None),
+            p => crate::envelope::parse_id(p).map(Some),
+        })
         .collect::<Option<_>>()?;
     (positions.len() == sorted.len()).then_some(positions)
 }
@@ -76,29 +87,43 @@ mod tests {
     #[test]
     fn round_trip_and_sizes() {
         let one = ["logs:w1:f1"];
-        let id = encode(&one, &[17]);
+        let id = encode(&one, &[Some(17)]);
         assert!(is_vector(id.as_bytes()));
-        assert_eq!(decode(id.as_bytes(), &one), Some(vec![17]));
+        assert_eq!(decode(id.as_bytes(), &one), Some(vec![Some(17)]));
         let eight: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
-        let big = vec![99_999u64; 32];
+        let big = vec![Some(99_999u64); 32];
         let thirty_two: Vec<String> = (0..32).map(|i| format!("c{i:02}")).collect();
-        assert_eq!(encode(&one, &[99_999]).len(), 15);
+        assert_eq!(encode(&one, &[Some(99_999)]).len(), 15);
         assert_eq!(encode(&eight, &big[..8]).len(), 57);
         assert_eq!(encode(&thirty_two, &big).len(), 201);
+        let some: Vec<Option<u64>> = [1, 2, 3, 4, 5, 6, 7, 0].map(Some).to_vec();
+        assert_eq!(decode(encode(&eight, &some).as_bytes(), &eight), Some(some));
+    }
+
+    #[test]
+    fn unknown_positions_are_not_zero() {
+        let abc = ["a", "b", "c"];
+        let id = encode(&abc, &[Some(4), None, Some(0)]);
+        assert!(id.ends_with(".4.-.0"), "{id}");
         assert_eq!(
-            decode(encode(&eight, &[1, 2, 3, 4, 5, 6, 7, 0]).as_bytes(), &eight),
-            Some(vec![1, 2, 3, 4, 5, 6, 7, 0])
+            decode(id.as_bytes(), &abc),
+            Some(vec![Some(4), None, Some(0)])
         );
+        // Only a lone "-" means unknown.
+        for junk in [".4.--.0", ".4.-1.0", ".4..0"] {
+            let raw = format!("{}{junk}", &id[..9]);
+            assert_eq!(decode(raw.as_bytes(), &abc), None, "{raw}");
+        }
     }
 
     #[test]
     fn other_channel_sets_and_junk_are_refused() {
         let ab = ["a", "b"];
-        let id = encode(&ab, &[1, 2]);
+        let id = encode(&ab, &[Some(1), Some(2)]);
         assert_eq!(decode(id.as_bytes(), &["a", "c"]), None);
         assert_eq!(decode(id.as_bytes(), &["a"]), None);
         // "a,b" must not read as "a", "b" joined otherwise.
-        assert_eq!(decode(encode(&["a,b"], &[1]).as_bytes(), &ab), None);
+        assert_eq!(decode(encode(&["a,b"], &[Some(1)]).as_bytes(), &ab), None);
         for junk in [
             "",
             "17",

@@ -15,15 +15,11 @@
 //! position), then `Live`. While a lane is not live its live events are
 //! held, and sent after its replay minus the ids the replay contained.
 
-use sse_core::frame;
-use sse_core::history::{self, ChannelHistory, Plan, Resume};
-use sse_core::position;
-use sse_core::resp::Value;
-
-use crate::frame::Frame;
-use crate::metrics;
-use crate::replay::GAP_EVENT;
-use sse_core::metrics::Counter;
+use crate::frame::{self, Frame};
+use crate::history::{self, ChannelHistory, Plan, Resume, GAP_EVENT};
+use crate::metrics::Counter;
+use crate::position;
+use crate::resp::Value;
 
 /// Most entries read per channel in one replay.
 const MAX_REPLAY: usize = 100_000;
@@ -41,6 +37,11 @@ pub struct Lane {
     pub name: Box<[u8]>,
     /// The last id sent on this channel (0: none yet).
     position: u64,
+    /// Whether `position` is known: a lane of a new stream or an added
+    /// channel learns it from its first read. Until then the stream's id
+    /// says `-` for it, so that a reconnect meanwhile starts the channel
+    /// afresh instead of replaying its history from 0.
+    known: bool,
     /// Where the next read starts (`None`: nothing to read).
     start: Option<Resume>,
     pub phase: LanePhase,
@@ -63,6 +64,26 @@ pub struct Lanes {
     /// a reply to a read of a lane that moved index (a live change) never
     /// matches the lane now at that index.
     generations: u32,
+    /// Whether the client was sent an id: it then holds `-` for a lane
+    /// that was not known, and gets the lane's position once it is read
+    /// even if the lane has no event to send.
+    id_sent: bool,
+}
+
+/// What a lane's completed read gives the stream.
+pub struct Completed {
+    /// To send, in order: gap notice, replay, held live events it did not
+    /// contain, each event followed by the stream's id.
+    pub frames: Vec<Frame>,
+    /// How many of the frames are events.
+    pub events: usize,
+    /// Events of the lane's history among them (`events_replayed_total`).
+    pub replayed: usize,
+    /// The client's resume, counted once, when its first lane completes:
+    /// `ResumeReplayed`, `ResumeGap` or `ResumeInvalid`.
+    pub resume: Option<Counter>,
+    /// A reply that could not be read (logged by the caller).
+    pub problem: Option<String>,
 }
 
 impl Lanes {
@@ -81,7 +102,7 @@ impl Lanes {
                 let start = match &positions {
                     None => Resume::Fresh,
                     Some(None) => Resume::Malformed,
-                    Some(Some(p)) => Resume::After(p[i]),
+                    Some(Some(p)) => p[i].map_or(Resume::Fresh, Resume::After),
                 };
                 Lane {
                     name,
@@ -89,6 +110,7 @@ impl Lanes {
                         Resume::After(p) => p,
                         _ => 0,
                     },
+                    known: matches!(start, Resume::After(_)),
                     start: Some(start),
                     phase: LanePhase::AwaitingBarrier(0),
                     generation: 0,
@@ -102,6 +124,7 @@ impl Lanes {
             counted: resume.is_none(),
             malformed,
             generations: 0,
+            id_sent: false,
         }
     }
 
@@ -124,15 +147,30 @@ impl Lanes {
     }
 
     /// The stream's id now.
-    pub fn id(&self) -> String {
+    fn id(&self) -> String {
         let names: Vec<&[u8]> = self.lanes.iter().map(|l| &*l.name).collect();
-        let positions: Vec<u64> = self.lanes.iter().map(|l| l.position).collect();
+        let positions: Vec<Option<u64>> = self
+            .lanes
+            .iter()
+            .map(|l| l.known.then_some(l.position))
+            .collect();
         position::encode(&names, &positions)
     }
 
-    /// The id line that follows an event's body.
-    fn id_frame(&self) -> Frame {
-        Frame::Shared(format!("id: {}\n\n", self.id()).into_bytes().into())
+    /// The stream's id, for an event that carries it to the client.
+    pub fn announce_id(&mut self) -> String {
+        self.id_sent = true;
+        self.id()
+    }
+
+    /// The id line that follows an event's body (or, alone, an id-only
+    /// block: it moves the browser's `Last-Event-ID` and dispatches nothing).
+    fn id_frame(&mut self) -> Frame {
+        Frame::Shared(
+            format!("id: {}\n\n", self.announce_id())
+                .into_bytes()
+                .into(),
+        )
     }
 
     /// A lane's shard lost and regained its subscriber: read what was
@@ -160,8 +198,9 @@ impl Lanes {
     /// A live change: the stream's concrete channels are now `channels`.
     /// Kept lanes keep their state, new ones start as on a new stream (a
     /// cluster id names no position for a channel the stream did not have);
-    /// returns the indices of the lanes to read (after a barrier).
-    pub fn change(&mut self, channels: Vec<Box<[u8]>>) -> Vec<usize> {
+    /// returns the indices of the lanes to read (after a barrier) and the
+    /// bytes that removed lanes held (owed no more).
+    pub fn change(&mut self, channels: Vec<Box<[u8]>>) -> (Vec<usize>, usize) {
         let mut names = channels;
         names.sort();
         names.dedup();
@@ -187,6 +226,7 @@ impl Lanes {
                     self.lanes.push(Lane {
                         name,
                         position: 0,
+                        known: false,
                         start: Some(Resume::Fresh),
                         phase: LanePhase::AwaitingBarrier(0),
                         generation: self.generations.wrapping_add(1),
@@ -196,7 +236,9 @@ impl Lanes {
                 }
             }
         }
-        fresh
+        // Removed lanes: their held events will never be sent.
+        let dropped = old.iter().flat_map(|l| &l.held).map(|(_, f)| f.len()).sum();
+        (fresh, dropped)
     }
 
     /// A lane waits for the barrier `token` on its shard before its read.
@@ -271,6 +313,7 @@ impl Lanes {
         }
         let crossed = l.position > 0 && history::epoch(id) > history::epoch(l.position);
         l.position = id;
+        l.known = true;
         let mut out = Vec::with_capacity(3);
         if crossed {
             out.push(gap_frame(scratch, &[&l.name]));
@@ -298,10 +341,18 @@ impl Lanes {
         scratch: &mut Vec<u8>,
         budget: usize,
         max_message: usize,
-    ) -> (Vec<Frame>, Option<String>) {
+    ) -> Completed {
         let start_last = self.start_last;
+        // Each replayed event is followed by the stream's id line.
+        let id_len = self.id().len() + "id: \n\n".len();
         let Some(l) = self.lanes.get_mut(lane) else {
-            return (Vec::new(), None);
+            return Completed {
+                frames: Vec::new(),
+                events: 0,
+                replayed: 0,
+                resume: None,
+                problem: None,
+            };
         };
         let start = l.start.take().unwrap_or(Resume::After(l.position));
         let mut problem = None;
@@ -312,7 +363,7 @@ impl Lanes {
                     Value::Bulk(None) => 0,
                     reply => reply
                         .as_bytes()
-                        .and_then(sse_core::envelope::parse_id)
+                        .and_then(crate::envelope::parse_id)
                         .unwrap_or_else(|| {
                             problem = Some("sequence is not a number".to_string());
                             0
@@ -358,9 +409,9 @@ impl Lanes {
             .collect();
         let name_len = l.name.len();
         let (events, cut) =
-            history::newest_within(events, budget, |_, e| e.data.len() + name_len + 32);
+            history::newest_within(events, budget, |_, e| e.data.len() + name_len + id_len + 32);
         gap |= !cut.is_empty();
-        metrics::count(Counter::EventsReplayed, events.len() as u64);
+        let replayed = events.len();
         let name = l.name.clone();
         let held = std::mem::take(&mut l.held);
         match start {
@@ -368,9 +419,12 @@ impl Lanes {
             Resume::Fresh | Resume::Malformed => l.position = l.position.max(seq),
         }
         l.phase = LanePhase::Live;
+        let was_known = l.known;
+        l.known |= !failed;
         let final_position = l.position;
 
-        let mut out = Vec::with_capacity(2 * (events.len() + held.len()) + 1);
+        let mut out = Vec::with_capacity(2 * (events.len() + held.len()) + 2);
+        let mut sent = 0;
         if gap {
             out.push(gap_frame(scratch, &[&name]));
         }
@@ -378,6 +432,7 @@ impl Lanes {
         let emit = |lanes: &mut Lanes, id: u64, body: Frame, out: &mut Vec<Frame>| {
             if let Some(l) = lanes.lanes.get_mut(lane) {
                 l.position = id;
+                l.known = true;
             }
             out.push(body);
             out.push(lanes.id_frame());
@@ -392,6 +447,7 @@ impl Lanes {
                 Frame::Shared(scratch.as_slice().into()),
                 &mut out,
             );
+            sent += 1;
         }
         // Held events the replay did not contain, and not older than it
         // (they are in id order after it: they came after the read).
@@ -401,6 +457,7 @@ impl Lanes {
                 continue;
             }
             emit(self, id, body, &mut out);
+            sent += 1;
         }
         if let Some(l) = self.lanes.get_mut(lane) {
             l.position = l.position.max(final_position);
@@ -422,27 +479,34 @@ impl Lanes {
                 gap = true;
             }
         }
-        self.count_resume(gap);
-        (out, problem)
+        // The client holds `-` for this lane and no event told it where
+        // the lane is: an id-only block does.
+        let learned = !was_known && self.lanes.get(lane).is_some_and(|l| l.known);
+        if learned && sent == 0 && self.id_sent {
+            out.push(self.id_frame());
+        }
+        Completed {
+            frames: out,
+            events: sent,
+            replayed,
+            resume: self.count_resume(gap),
+            problem,
+        }
     }
 
-    /// Counts the client's resume once, when its first lane completes
-    /// (`replayed`, `gap` or `invalid_id`).
-    fn count_resume(&mut self, gap: bool) {
+    /// The client's resume, once, when its first lane completes.
+    fn count_resume(&mut self, gap: bool) -> Option<Counter> {
         if self.counted {
-            return;
+            return None;
         }
         self.counted = true;
-        metrics::count(
-            if self.malformed {
-                Counter::ResumeInvalid
-            } else if gap {
-                Counter::ResumeGap
-            } else {
-                Counter::ResumeReplayed
-            },
-            1,
-        );
+        Some(if self.malformed {
+            Counter::ResumeInvalid
+        } else if gap {
+            Counter::ResumeGap
+        } else {
+            Counter::ResumeReplayed
+        })
     }
 }
 
@@ -460,4 +524,207 @@ pub fn body_frame(scratch: &mut Vec<u8>, channel: &[u8], data: &[u8]) -> Frame {
     frame::encode_event(scratch, Some(channel), None, data);
     scratch.pop();
     Frame::Shared(scratch.as_slice().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<Box<[u8]>> {
+        list.iter().map(|n| n.as_bytes().into()).collect()
+    }
+
+    fn leak(s: String) -> &'static [u8] {
+        Box::leak(s.into_boxed_str()).as_bytes()
+    }
+
+    /// A lane read's EXEC reply: the channel's sequence, and its entries
+    /// `(id, prev)` newest first (as XREVRANGE gives them), each with
+    /// `data` as its payload.
+    fn reply(seq: u64, entries: &[(u64, u64)], data: &'static [u8]) -> Value<'static> {
+        let items = entries
+            .iter()
+            .rev()
+            .map(|&(id, prev)| {
+                Value::Array(Some(vec![
+                    Value::Bulk(Some(leak(format!("{id}-0")))),
+                    Value::Array(Some(vec![
+                        Value::Bulk(Some(b"d")),
+                        Value::Bulk(Some(data)),
+                        Value::Bulk(Some(b"p")),
+                        Value::Bulk(Some(leak(prev.to_string()))),
+                    ])),
+                ]))
+            })
+            .collect();
+        Value::Array(Some(vec![
+            Value::Bulk(Some(leak(seq.to_string()))),
+            Value::Array(Some(items)),
+        ]))
+    }
+
+    /// Drives a lane through its barrier and read, and completes it.
+    fn read(lanes: &mut Lanes, lane: usize, value: &Value<'_>, budget: usize) -> Completed {
+        lanes.await_barrier(lane, 1);
+        assert!(lanes.awaits(lane, 1));
+        lanes.requests(lane, "sse");
+        let mut scratch = Vec::new();
+        lanes.complete(lane, value, None, &mut scratch, budget, 1 << 20)
+    }
+
+    fn text(frames: &[Frame]) -> String {
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
+            .collect()
+    }
+
+    fn body(channel: &str, data: &str) -> Frame {
+        body_frame(&mut Vec::new(), channel.as_bytes(), data.as_bytes())
+    }
+
+    /// The XREVRANGE of a lane's read, if it has one: its lower bound.
+    fn reads_after(lanes: &mut Lanes, lane: usize) -> Option<String> {
+        let reads = lanes.requests(lane, "sse");
+        reads
+            .get(1)
+            .map(|r| String::from_utf8_lossy(&r[3]).into_owned())
+    }
+
+    #[test]
+    fn a_lane_not_read_yet_is_unknown_in_the_id_not_zero() {
+        let ab = names(&["a", "b"]);
+        let mut lanes = Lanes::new(ab.clone(), None, 0);
+        assert!(lanes.id().ends_with(".-.-"), "{}", lanes.id());
+        // Lane a is read (sequence 7, nothing to replay): no id was sent
+        // yet, so nothing to tell the client.
+        let done = read(&mut lanes, 0, &reply(7, &[], b"x"), 1 << 20);
+        assert!(done.frames.is_empty());
+        assert_eq!(done.resume, None, "a new stream is no resume");
+        // A live event on a while b is still being read: b stays `-`.
+        let mut scratch = Vec::new();
+        let frames = lanes.live(0, 8, body("a", "x"), &mut scratch);
+        let sent = text(&frames);
+        assert!(sent.ends_with(".8.-\n\n"), "{sent}");
+        // A reconnect with that id starts b afresh, a after 8.
+        let id = lanes.id();
+        let mut again = Lanes::new(ab.clone(), Some(id.as_bytes()), 0);
+        assert_eq!(reads_after(&mut again, 0).as_deref(), Some("(8-0"));
+        assert_eq!(reads_after(&mut again, 1), None);
+        // Lane b is read, quiet (sequence 3): an id-only block tells the
+        // client where b is, so that a reconnect does not miss b's next
+        // events nor replay its past.
+        let done = read(&mut lanes, 1, &reply(3, &[], b"x"), 1 << 20);
+        assert_eq!(done.events, 0);
+        let sent = text(&done.frames);
+        assert!(
+            sent.starts_with("id: v") && sent.ends_with(".8.3\n\n"),
+            "{sent}"
+        );
+        let mut again = Lanes::new(ab, Some(lanes.id().as_bytes()), 0);
+        assert_eq!(reads_after(&mut again, 1).as_deref(), Some("(3-0"));
+    }
+
+    #[test]
+    fn an_added_channel_is_unknown_until_read_then_announced() {
+        let a = names(&["a"]);
+        let resume = position::encode(&a, &[Some(5)]);
+        let mut lanes = Lanes::new(a, Some(resume.as_bytes()), 0);
+        let done = read(&mut lanes, 0, &reply(5, &[], b"x"), 1 << 20);
+        assert!(done.frames.is_empty(), "{}", text(&done.frames));
+        // Add b: the `sse-channels` event carries the new id, b unknown.
+        let (fresh, dropped) = lanes.change(names(&["a", "b"]));
+        assert_eq!((fresh, dropped), (vec![1], 0));
+        let announced = lanes.announce_id();
+        assert!(announced.ends_with(".5.-"), "{announced}");
+        // A reconnect before b is read: b starts as a new channel (no
+        // replay of its whole history), a after 5.
+        let mut again = Lanes::new(names(&["a", "b"]), Some(announced.as_bytes()), 0);
+        assert_eq!(reads_after(&mut again, 0).as_deref(), Some("(5-0"));
+        assert_eq!(reads_after(&mut again, 1), None);
+        // b is read at sequence 9 with nothing to send: the id moves.
+        let done = read(&mut lanes, 1, &reply(9, &[(8, 7), (9, 8)], b"x"), 1 << 20);
+        assert_eq!(done.events, 0, "{}", text(&done.frames));
+        assert!(text(&done.frames).ends_with(".5.9\n\n"));
+        // b's next event is sent with its id.
+        let mut scratch = Vec::new();
+        let sent = text(&lanes.live(1, 10, body("b", "y"), &mut scratch));
+        assert!(sent.ends_with(".5.10\n\n"), "{sent}");
+        assert!(lanes.live(1, 10, body("b", "y"), &mut scratch).is_empty());
+    }
+
+    #[test]
+    fn a_lane_removed_while_it_replays_gives_back_what_it_held() {
+        let mut lanes = Lanes::new(names(&["a", "b"]), None, 0);
+        let mut scratch = Vec::new();
+        let held = body("b", "held while b replays");
+        let len = held.len();
+        assert!(lanes.live(1, 4, held.clone(), &mut scratch).is_empty());
+        assert!(lanes.live(1, 5, held, &mut scratch).is_empty());
+        assert_eq!(lanes.held_bytes(1), 2 * len);
+        let (fresh, dropped) = lanes.change(names(&["a"]));
+        assert_eq!(dropped, 2 * len);
+        // Lane a was not read yet: it is read again under its new index.
+        assert_eq!(fresh, vec![0]);
+        assert_eq!(lanes.lanes().len(), 1);
+    }
+
+    #[test]
+    fn the_replay_budget_counts_each_events_id_line() {
+        // Eight channels: each event's id line is longer than its body.
+        let eight: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        let eight: Vec<&str> = eight.iter().map(String::as_str).collect();
+        let positions: Vec<Option<u64>> = vec![Some(100_000); 8];
+        let resume = position::encode(&eight, &positions);
+        let mut lanes = Lanes::new(names(&eight), Some(resume.as_bytes()), 0);
+        let entries: Vec<(u64, u64)> = (100_001..=100_400).map(|id| (id, id - 1)).collect();
+        let budget = 4_000;
+        let done = read(&mut lanes, 0, &reply(100_400, &entries, b"x"), budget);
+        let total: usize = done.frames.iter().map(Frame::len).sum();
+        assert!(
+            total <= budget,
+            "{total} bytes sent for a budget of {budget}"
+        );
+        assert!(done.events > 20, "{} events", done.events);
+        // The older events were cut: the client is told.
+        assert!(text(&done.frames).starts_with("event: sse-gap\ndata: c0\n\n"));
+        assert_eq!(done.resume, Some(Counter::ResumeGap));
+    }
+
+    #[test]
+    fn a_failed_read_keeps_the_position_and_reports_a_gap() {
+        let a = names(&["a"]);
+        let resume = position::encode(&a, &[Some(41)]);
+        let mut lanes = Lanes::new(a.clone(), Some(resume.as_bytes()), 0);
+        let done = read(&mut lanes, 0, &Value::Error(b"EXECABORT"), 1 << 20);
+        assert!(done.problem.is_some());
+        assert!(text(&done.frames).starts_with("event: sse-gap\ndata: a\n\n"));
+        assert_eq!(lanes.id(), resume);
+        // A fresh lane whose read failed stays unknown.
+        let mut fresh = Lanes::new(a, None, 0);
+        read(&mut fresh, 0, &Value::Array(None), 1 << 20);
+        assert!(fresh.id().ends_with(".-"), "{}", fresh.id());
+    }
+
+    #[test]
+    fn a_resume_replays_after_the_position_and_skips_held_duplicates() {
+        let a = names(&["a"]);
+        let resume = position::encode(&a, &[Some(2)]);
+        let mut lanes = Lanes::new(a, Some(resume.as_bytes()), 0);
+        let mut scratch = Vec::new();
+        // 4 arrives live while the lane reads; the read contains it too.
+        assert!(lanes.live(0, 4, body("a", "x"), &mut scratch).is_empty());
+        assert!(lanes.live(0, 5, body("a", "x"), &mut scratch).is_empty());
+        let done = read(&mut lanes, 0, &reply(4, &[(3, 2), (4, 3)], b"x"), 1 << 20);
+        assert_eq!(done.events, 3);
+        assert_eq!(done.replayed, 2);
+        let sent = text(&done.frames);
+        let ids: Vec<&str> = sent
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|id| id.rsplit('.').next().unwrap_or(""))
+            .collect();
+        assert_eq!(ids, ["3", "4", "5"]);
+        assert!(!sent.contains("sse-gap"));
+    }
 }
