@@ -61,6 +61,8 @@ pub struct Effects {
     /// Redis Cluster: shards on which to send a barrier (the token is
     /// `barrier_token + 1`).
     pub shard_barriers: Vec<usize>,
+    /// With Sentinel: the named master is not one; ask Sentinel again.
+    pub reask_master: bool,
 }
 
 /// Which of the fan-out's keys a subscriber connection carries.
@@ -387,6 +389,10 @@ impl CommandsSink for Fanout<'_> {
                 self.effects.fetch.push(id);
             }
         }
+    }
+
+    fn not_master(&mut self) {
+        self.effects.reask_master = true;
     }
 
     fn published(&mut self, tag: u64, receivers: Option<i64>) {

@@ -422,6 +422,11 @@ fn on_redis_event(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
                 (Role::Sentinel, _) => {}
             }
         }
+        if effects.reask_master {
+            if let Some(sentinel) = w.sentinel.as_mut() {
+                sentinel.restart();
+            }
+        }
         w.apply(&mut effects);
         let answers = w.settle(&mut effects);
         w.shrink_scratch();

@@ -89,7 +89,7 @@ sub start_sentinels {
         print {$fh} join "\n",
             "port $port", 'bind 127.0.0.1', 'daemonize no', "dir $dir", "logfile $dir/sentinel.log",
             "sentinel monitor $SERVICE 127.0.0.1 $o{master_port} 2",
-            "sentinel down-after-milliseconds $SERVICE 1000",
+            "sentinel down-after-milliseconds $SERVICE " . ($o{down_after} || 1000),
             "sentinel failover-timeout $SERVICE 5000",
             (defined $o{auth_pass} ? "sentinel auth-pass $SERVICE $o{auth_pass}" : ()), '';
         close $fh or die "cannot write $conf: $!";
@@ -827,6 +827,56 @@ subtest 'master with requirepass, Sentinels with auth-pass' => sub {
     $r->stop;
     $m->stop;
     stop_sentinels(@s);
+};
+
+# ---------------------------------------------------------------------------
+# 7. A Sentinel that names a replica (a stale view: it has not learnt of a
+#    failover yet, or the watch missed the announcement); no +switch-master
+#    will come
+# ---------------------------------------------------------------------------
+
+subtest 'a Sentinel that names a replica: nginx checks ROLE and asks again' => sub {
+    my $m = start_redis();
+    my $r = start_redis(args => [ '--replicaof', '127.0.0.1', $m->port ]);
+    ok wait_until(sub { (eval { redis_info($r->port, 'replication')->{master_link_status} } // '') eq 'up' }, 10),
+        'a master and its replica';
+    # One Sentinel (quorum 2: it can never fail over) told the replica is
+    # the master.
+    my ($s) = start_sentinels(master_port => $r->port, count => 1, down_after => 60_000);
+    is master_of($s->{port}), '127.0.0.1:' . $r->port, 'the Sentinel names the replica';
+    my $n = start_nginx(workers => 1,
+        redis_url => "redis-sentinel://127.0.0.1:$s->{port}/$SERVICE",
+        server => q{ location = /events { sse_channel $arg_channels; sse_history on; } });
+    my $rp = $r->port;
+    ok wait_until(sub { $n->error_log =~ /127\.0\.0\.1:$rp is a slave, not the master Sentinel named; asking Sentinel again/ }, 10),
+        'the commands connection finds a replica (ROLE) and says so'
+        or diag $n->error_log;
+    unlike $n->error_log, qr/refused to load the sse_publish function/, '... before loading functions on it';
+    my $c = sse_connect($n->port, '/events?channels=st:a');
+    is $c->status, 200, 'streams open meanwhile';
+
+    # The Sentinel now names the master, without announcing a switch.
+    redis_cmd($s->{port}, SENTINEL => 'REMOVE', $SERVICE);
+    redis_cmd($s->{port}, SENTINEL => 'MONITOR', $SERVICE, '127.0.0.1', $m->port, 2);
+    is master_of($s->{port}), '127.0.0.1:' . $m->port, 'the Sentinel names the master (no +switch-master)';
+    my $mp = $m->port;
+    ok wait_until(sub { $n->error_log =~ /sse: redis master is 127\.0\.0\.1:$mp \(was 127\.0\.0\.1:$rp\)/ }, 15),
+        'asked again, the worker follows the master'
+        or diag $n->error_log;
+    ok wait_until(sub { flat(eval { redis_cmd($mp, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
+        '... its commands connection loads the functions there';
+    ok wait_subscribed($m, 'st:a', 1, 10), '... and the stream is subscribed on the master';
+    my @ids = map { sse_publish($m, 'st:a', "e$_") } 1 .. 3;
+    my @got = $c->events_until(3, 5);
+    is_deeply [ map { $_->{data} } @got ], [qw(e1 e2 e3)], 'the stream gets the events';
+    $c->close;
+    my $again = sse_connect($n->port, '/events?channels=st:a', headers => { 'Last-Event-ID' => $ids[0] });
+    is_deeply [ map { $_->{data} } $again->events_until(2, 5) ], [qw(e2 e3)], 'a resume is read from the master';
+    $again->close;
+    $n->stop;
+    stop_sentinels($s);
+    $r->stop;
+    $m->stop;
 };
 
 done_testing;

@@ -34,6 +34,9 @@ pub trait CommandsSink {
     fn published(&mut self, tag: u64, receivers: Option<i64>);
     /// Redis Cluster: the answer to CLUSTER SLOTS.
     fn topology(&mut self, value: &Value<'_>);
+    /// With Sentinel: the server Sentinel named as the master says it is
+    /// not (ROLE): Sentinel should be asked again.
+    fn not_master(&mut self);
 }
 
 /// What a reply on the commands connection answers.
@@ -55,6 +58,8 @@ enum Pending {
     Publish(Option<u64>),
     /// CLUSTER SLOTS.
     Topology,
+    /// ROLE, with Sentinel: anything but `master` drops the connection.
+    Role,
 }
 
 pub struct Commands {
@@ -138,6 +143,14 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
             resp::encode_command(out, &[&b"SELECT"[..], self.db.to_string().as_bytes()]);
             self.pending.push_back(Pending::Internal);
         }
+        if self.epochs.is_some() {
+            // With Sentinel, the address may be stale (a Sentinel that has
+            // not learnt of a failover yet, an announcement the watch
+            // missed while it reconnected): history reads and epochs need
+            // the master itself.
+            resp::encode_command(out, &[b"ROLE"]);
+            self.pending.push_back(Pending::Role);
+        }
         if let Some(code) = self.function {
             resp::encode_command(
                 out,
@@ -164,6 +177,21 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
         match (self.pending.pop_front(), value) {
             (Some(Pending::Request(request)), _) => sink.reply(request, value),
             (Some(Pending::Topology), _) => sink.topology(value),
+            (Some(Pending::Role), _) => {
+                let role = match value {
+                    Value::Array(Some(items)) => items.first().and_then(Value::as_bytes),
+                    _ => None,
+                };
+                if role != Some(b"master") {
+                    sink.not_master();
+                    let role = role.map_or("not a master".into(), |r| {
+                        format!("a {}", String::from_utf8_lossy(r))
+                    });
+                    return Err(format!(
+                        "is {role}, not the master Sentinel named; asking Sentinel again"
+                    ));
+                }
+            }
             (Some(Pending::Publish(tag)), _) => {
                 let receivers = match value {
                     Value::Integer(n) => Some(*n),

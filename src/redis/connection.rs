@@ -217,6 +217,16 @@ impl<P: Conversation> Connection<P> {
         unsafe { ngx_add_timer(&mut self.reconnect, 1) };
     }
 
+    /// Starts over on the next address (the next Sentinel), after the
+    /// backoff delay: what this connection said may be stale.
+    pub fn restart(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.drop_connection();
+        self.schedule_reconnect();
+    }
+
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
     }

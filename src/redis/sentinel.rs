@@ -3,6 +3,14 @@
 //! the master of the service, then stays subscribed to `+switch-master` to
 //! follow failovers as Sentinel announces them. The worker points its
 //! subscriber and commands connections at whatever master this reports.
+//!
+//! The question and the subscription go in one write, which Sentinel
+//! executes in one go: no announcement of its own can fall between them
+//! (and RESP2 allows no question once subscribed). An address can still be
+//! stale: a Sentinel that has not learnt of a failover yet, or one reached
+//! after the watch lost its connection. The commands connection therefore
+//! checks `ROLE` on connect; anything but a master makes the worker restart
+//! this watch on the next Sentinel, which asks again.
 
 use std::collections::VecDeque;
 
