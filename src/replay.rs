@@ -19,7 +19,7 @@
 //! id order and drops any id it already sent.
 
 use sse_core::frame;
-use sse_core::history::{self, ChannelHistory, Plan, Resume, GAP_EVENT};
+use sse_core::history::{self, gap_frame, ChannelHistory, Plan, Resume};
 use sse_core::resp::Value;
 
 use std::collections::HashSet;
@@ -304,9 +304,7 @@ impl Replay {
     /// The `sse-gap` event naming every channel of the stream.
     pub fn gap_everywhere(&self, scratch: &mut Vec<u8>) -> Frame {
         let names: Vec<&[u8]> = self.channels.iter().map(|c| &**c).collect();
-        scratch.clear();
-        frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
-        Frame::Shared(scratch.as_slice().into())
+        gap_frame(scratch, &names)
     }
 
     /// All replies are in: the frames to send, in order (gap notice, replay,
@@ -363,11 +361,7 @@ impl Replay {
         if let Some((_, newest)) = events.last() {
             self.last_id = self.last_id.max(newest.id);
         }
-        let events: Vec<_> = events
-            .into_iter()
-            .filter(|(_, e)| e.data.len() <= max_message && e.admits(user))
-            .collect();
-        let (events, cut) = history::newest_within(events, budget, |i, e| {
+        let (events, cut) = history::deliverable(events, user, max_message, budget, |i, e| {
             // What the frame takes on the wire, near enough.
             e.data.len() + reading[i].0.len() + 32
         });
@@ -421,28 +415,14 @@ impl Replay {
         }
         with_id.sort_by_key(|(id, _)| *id);
         let mut out = Vec::with_capacity(with_id.len() + without_id.len() + 2);
-        // Into a new epoch (a Redis failover): whatever the reads say, the
-        // lost master's last events may be missing on any channel.
-        // The client's own position counts too (a resume: nothing was sent
-        // on this connection yet), and so do held live events.
-        let from = match stream_start {
-            Some(Resume::After(since)) => sent_before.max(since.min(seq)),
-            _ => sent_before,
-        };
-        // Nothing known before (a resume from 0): the oldest replayed event.
-        let from = if from > 0 {
-            from
-        } else {
-            planned.iter().copied().min().unwrap_or(0)
-        };
-        let crossed = from > 0 && history::epoch(self.last_id) > history::epoch(from);
-        if crossed {
+        // Into a new epoch (a Redis failover): the lost master's last
+        // events may be missing on any channel (held live events count).
+        let oldest = planned.iter().copied().min();
+        if history::crosses_epoch(stream_start, seq, sent_before, oldest, self.last_id) {
             out.push(self.gap_everywhere(scratch));
         } else if !gaps.is_empty() {
             let names: Vec<&[u8]> = gaps.iter().map(|&i| &*reading[i].0).collect();
-            scratch.clear();
-            frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
-            out.push(Frame::Shared(scratch.as_slice().into()));
+            out.push(gap_frame(scratch, &names));
         }
         // Only older ids were sent (an added channel's past): put the
         // browser's last id back where it was, with an id-only block (it

@@ -16,6 +16,7 @@
 use std::fmt;
 
 use crate::envelope;
+use crate::frame::{self, Frame};
 use crate::resp::Value;
 
 /// The event that announces missing history; data: the channels, comma-separated.
@@ -296,6 +297,59 @@ pub fn plan_each<'a>(
     }
 }
 
+/// The `sse-gap` event naming these channels.
+pub fn gap_frame(scratch: &mut Vec<u8>, names: &[&[u8]]) -> Frame {
+    Frame::encode(scratch, |out| {
+        frame::encode_event(out, Some(GAP_EVENT), None, &names.join(&b","[..]))
+    })
+}
+
+/// What of a planned replay is sent: the events the user may see and that
+/// are not over `max_message` (as live messages are), then the newest of
+/// those within `budget` bytes as `size` measures them on the wire
+/// ([`newest_within`]: the channels cut are returned, to report as a gap).
+pub fn deliverable<'a, F>(
+    events: Vec<(usize, Entry<'a>)>,
+    user: Option<&[u8]>,
+    max_message: usize,
+    budget: usize,
+    size: F,
+) -> (Vec<(usize, Entry<'a>)>, Vec<usize>)
+where
+    F: Fn(usize, &Entry<'a>) -> usize,
+{
+    let events = events
+        .into_iter()
+        .filter(|(_, e)| e.data.len() <= max_message && e.admits(user))
+        .collect();
+    newest_within(events, budget, size)
+}
+
+/// Whether a replay that leaves the client at `now` took it into a new
+/// epoch (a Redis failover: the lost master's last events may be missing,
+/// whatever the reads said). Measured from where the client was: `before`
+/// (what this connection sent), or on a resume its own position (capped by
+/// Redis' sequence `seq`); with nothing known (a resume from 0), from the
+/// oldest event replayed.
+pub fn crosses_epoch(
+    start: Option<Resume>,
+    seq: u64,
+    before: u64,
+    oldest_replayed: Option<u64>,
+    now: u64,
+) -> bool {
+    let from = match start {
+        Some(Resume::After(since)) => before.max(since.min(seq)),
+        _ => before,
+    };
+    let from = if from > 0 {
+        from
+    } else {
+        oldest_replayed.unwrap_or(0)
+    };
+    from > 0 && epoch(now) > epoch(from)
+}
+
 /// Keeps the newest events of a replay that fit in `budget` bytes, as
 /// `size` measures them (the newest one always fits: a client that owes
 /// nothing gets at least one event). Returns the kept events, still in id
@@ -346,6 +400,63 @@ mod tests {
             entries,
             last_id: last,
         }
+    }
+
+    #[test]
+    fn a_replay_into_a_new_epoch_is_measured_from_where_the_client_was() {
+        let next = EPOCH + 1;
+        // A live stream at 7 replays into the next epoch.
+        assert!(crosses_epoch(None, next, 7, Some(8), next));
+        // A resume from 7: nothing sent yet on this connection.
+        assert!(crosses_epoch(Some(Resume::After(7)), next, 0, None, next));
+        // ... capped by Redis' sequence (the id came from further on).
+        assert!(!crosses_epoch(
+            Some(Resume::After(3 * EPOCH)),
+            9,
+            0,
+            None,
+            9
+        ));
+        // A resume from 0: from the oldest event replayed.
+        assert!(crosses_epoch(
+            Some(Resume::After(0)),
+            next,
+            0,
+            Some(5),
+            next
+        ));
+        assert!(!crosses_epoch(
+            Some(Resume::After(0)),
+            next,
+            0,
+            Some(next),
+            next
+        ));
+        // A fresh stream has nowhere it was.
+        assert!(!crosses_epoch(Some(Resume::Fresh), next, 0, None, next));
+        // Within one epoch.
+        assert!(!crosses_epoch(Some(Resume::After(7)), 9, 0, Some(8), 9));
+    }
+
+    #[test]
+    fn deliverable_filters_then_keeps_the_newest_within_the_budget() {
+        let mut private = e(3, 2);
+        private.audience = Some(vec![&b"u1"[..]]);
+        let mut big = e(4, 3);
+        big.data = &[b'x'; 100];
+        let events = vec![
+            (0, e(2, 1)),
+            (0, private),
+            (1, big),
+            (1, e(5, 4)),
+            (0, e(6, 2)),
+        ];
+        // u2 does not see 3, 4 is over max_message, and the budget holds
+        // two events of 10 bytes: 2 is cut (channel 0 gets a gap).
+        let (kept, cut) = deliverable(events, Some(b"u2"), 50, 20, |_, _| 10);
+        let kept: Vec<u64> = kept.iter().map(|(_, e)| e.id).collect();
+        assert_eq!(kept, [5, 6]);
+        assert_eq!(cut, [0]);
     }
 
     fn ids(plan: &Plan) -> Vec<(usize, u64)> {

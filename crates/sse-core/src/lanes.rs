@@ -16,7 +16,7 @@
 //! held, and sent after its replay minus the ids the replay contained.
 
 use crate::frame::{self, Frame};
-use crate::history::{self, ChannelHistory, Plan, Resume, GAP_EVENT};
+use crate::history::{self, gap_frame, ChannelHistory, Plan, Resume};
 use crate::metrics::Counter;
 use crate::position;
 use crate::resp::Value;
@@ -403,13 +403,11 @@ impl Lanes {
         if let Some((_, newest)) = events.last() {
             l.position = l.position.max(newest.id);
         }
-        let events: Vec<_> = events
-            .into_iter()
-            .filter(|(_, e)| e.data.len() <= max_message && e.admits(user))
-            .collect();
         let name_len = l.name.len();
-        let (events, cut) =
-            history::newest_within(events, budget, |_, e| e.data.len() + name_len + id_len + 32);
+        let (events, cut) = history::deliverable(events, user, max_message, budget, |_, e| {
+            // What the event and its id line take on the wire, near enough.
+            e.data.len() + name_len + id_len + 32
+        });
         gap |= !cut.is_empty();
         let replayed = events.len();
         let name = l.name.clone();
@@ -461,20 +459,16 @@ impl Lanes {
         }
         if let Some(l) = self.lanes.get_mut(lane) {
             l.position = l.position.max(final_position);
-            // Into a new epoch (a failover) from where the client was: the
-            // lost master's last events may be missing, whatever the read
-            // said (held live events are not in its chain).
-            let from = match start {
-                Resume::After(since) => since.min(seq).max(before),
-                _ => before,
-            };
-            // Nothing known before (a resume from 0): the oldest replayed.
-            let from = if from > 0 {
-                from
-            } else {
-                planned.first().copied().unwrap_or(0)
-            };
-            if !gap && from > 0 && history::epoch(l.position) > history::epoch(from) {
+            // Into a new epoch (a failover) from where the client was (held
+            // live events are not in the read's chain).
+            let crossed = history::crosses_epoch(
+                Some(start),
+                seq,
+                before,
+                planned.first().copied(),
+                l.position,
+            );
+            if !gap && crossed {
                 out.insert(0, gap_frame(scratch, &[&name]));
                 gap = true;
             }
@@ -508,13 +502,6 @@ impl Lanes {
             Counter::ResumeReplayed
         })
     }
-}
-
-/// `sse-gap` naming these channels.
-fn gap_frame(scratch: &mut Vec<u8>, names: &[&[u8]]) -> Frame {
-    scratch.clear();
-    frame::encode_event(scratch, Some(GAP_EVENT), None, &names.join(&b","[..]));
-    Frame::Shared(scratch.as_slice().into())
 }
 
 /// An event's body for a cluster history stream: `event:` and `data:`
