@@ -15,8 +15,7 @@ use Time::HiRes qw(time sleep);
 use SSETest;
 
 # auth_request is not in every nginx build (ngx's vendored nginx lacks it).
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 my $NO_AUTH_REQUEST = "$SSETest::NGINX_BIN is built without http_auth_request_module";
 diag "$NO_AUTH_REQUEST: auth-service status tests are skipped, grants come from a map instead"
     unless $HAVE_AUTH_REQUEST;
@@ -61,27 +60,11 @@ CONF
 
 # What every protected location has: the grants and the user, from the auth
 # response (or, without auth_request, straight from the maps).
-my $guard = $HAVE_AUTH_REQUEST ? q{
-            auth_request /_auth;
-            auth_request_set $sse_user   $upstream_http_x_datashop_user;
-            auth_request_set $sse_grants $upstream_http_x_datashop_channels;
-            sse_allow $sse_grants;
-            sse_user  $sse_user;
-} : q{
-            sse_allow $auth_grants;
-            sse_user  $auth_user;
-};
+my $guard = auth_guard() . "\n";
 
 my $nginx = start_nginx(redis => $redis, workers => 1,
     http => $maps . ($HAVE_AUTH_REQUEST ? $auth_server : ''),
-    server => ($HAVE_AUTH_REQUEST ? qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:$AUTH_PORT/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }
-} : '') . qq{
+    server => ($HAVE_AUTH_REQUEST ? auth_location($AUTH_PORT) : '') . qq{
         location = /stream       { $guard sse_channel \$arg_channels; sse_channel_patterns on; }
         location = /stream-drop  { $guard sse_channel \$arg_channels; sse_channel_patterns on; sse_refused drop; }
         location = /stream-nopat { $guard sse_channel \$arg_channels; }

@@ -21,8 +21,7 @@ my $seed = $ENV{SSE_TEST_SEED} // (time ^ $$) % 100000;
 srand $seed;
 note "random audiences from seed $seed (SSE_TEST_SEED=$seed to repeat)";
 
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 diag "$SSETest::NGINX_BIN is built without http_auth_request_module: grants come from a map in the"
     . " streaming location instead of an auth service" unless $HAVE_AUTH_REQUEST;
 
@@ -127,48 +126,17 @@ my $rp    = $redis->port;
 sub run_with_workers {
     my ($workers) = @_;
     my $auth_port = free_port();
-    my $http = $maps;
-    my $guard;
-    if ($HAVE_AUTH_REQUEST) {
-        $http .= <<"CONF";
-    server {
-        listen 127.0.0.1:$auth_port;
-        location = /check {
-            if (\$auth_user = "") { return 401; }
-            add_header X-Datashop-User \$auth_user;
-            add_header X-Datashop-Channels \$auth_grants;
-            return 204;
-        }
-    }
-CONF
-        $guard = qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:$auth_port/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }
-        location = /stream {
-            auth_request /_auth;
-            auth_request_set \$sse_user   \$upstream_http_x_datashop_user;
-            auth_request_set \$sse_grants \$upstream_http_x_datashop_channels;
+    # The auth service is a second server block of the same nginx.
+    my $http = $maps . ($HAVE_AUTH_REQUEST ? "    server {\n        listen 127.0.0.1:$auth_port;"
+        . auth_check_location() . "    }\n" : '');
+    my $server = ($HAVE_AUTH_REQUEST ? auth_location($auth_port) : '') . qq{
+        location = /stream {${\ auth_guard() }
             sse_channel \$arg_channels;
-            sse_allow \$sse_grants;
-            sse_user \$sse_user;
             sse_channel_patterns on;
         }};
-    } else {
-        $guard = q{
-        location = /stream {
-            sse_channel $arg_channels;
-            sse_allow $auth_grants;
-            sse_user $auth_user;
-            sse_channel_patterns on;
-        }};
-    }
     # reuseport spreads the streams over the workers.
     my $nginx = start_nginx(redis => $redis, workers => $workers, listen => 'reuseport', http => $http,
-        server => $guard);
+        server => $server);
     my $port = $nginx->port;
 
     my @clients = map { sse_connect($port, '/stream?channels=dashboards:*',

@@ -16,8 +16,7 @@ use SSETest;
 my $PER_USER = 20;
 my $WORKERS  = 2;
 
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 my $NO_AUTH_REQUEST = "$SSETest::NGINX_BIN is built without http_auth_request_module";
 diag "$NO_AUTH_REQUEST: grants come from a map in the streaming location, grant changes are not tested"
     unless $HAVE_AUTH_REQUEST;
@@ -29,72 +28,30 @@ my %GRANTS = (
     dave  => 'dashboards:7',
 );
 
-# Token "Bearer <user>-token" names the user.
-sub maps {
-    my (%g) = @_;
-    my $users  = join '', map { qq{        "Bearer $_-token" $_;\n} } sort keys %g;
-    my $grants = join '', map { qq{        "Bearer $_-token" "$g{$_}";\n} } sort keys %g;
-    return <<"CONF";
-    map \$http_authorization \$auth_user {
-$users        default "";
-    }
-    map \$http_authorization \$auth_grants {
-$grants        default "";
-    }
-CONF
-}
-
 my $redis = start_redis();
 my $rp    = $redis->port;
 
 # The auth service: its own nginx, so that its answers can change (reload)
-# while the streaming nginx keeps running. It logs every check.
-my $auth;
-if ($HAVE_AUTH_REQUEST) {
-    $auth = start_nginx(module => undef, redis_url => undef, workers => 1,
-        http => maps(%GRANTS) . q{    log_format auth '$http_authorization $status';},
-        server => q{
-        access_log auth.log auth;
-        location = /check {
-            if ($auth_user = "") { return 401; }
-            add_header X-Datashop-User $auth_user;
-            add_header X-Datashop-Channels $auth_grants;
-            return 204;
-        }
-    });
-}
+# while the streaming nginx keeps running. It logs every check. The token
+# "Bearer <user>-token" names the user (bearer_maps).
+my $auth = $HAVE_AUTH_REQUEST ? start_auth_service(
+    http   => bearer_maps(%GRANTS) . q{    log_format auth '$http_authorization $status';},
+    server => '        access_log auth.log auth;') : undef;
 
 sub auth_checks {
     my ($user) = @_;
     return scalar grep { /^Bearer \Q$user\E-token / } split /\n/, slurp($auth->prefix . '/auth.log');
 }
 
-my $stream_location = $HAVE_AUTH_REQUEST ? qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:${\ $auth->port }/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }
-        location = /stream {
-            auth_request /_auth;
-            auth_request_set \$sse_user   \$upstream_http_x_datashop_user;
-            auth_request_set \$sse_grants \$upstream_http_x_datashop_channels;
+my $stream_location = ($HAVE_AUTH_REQUEST ? auth_location($auth->port) : '') . qq{
+        location = /stream {${\ auth_guard() }
             sse_channel \$arg_channels;
-            sse_allow \$sse_grants;
-            sse_user \$sse_user;
-            sse_channel_patterns on;
-        }} : q{
-        location = /stream {
-            sse_channel $arg_channels;
-            sse_allow $auth_grants;
-            sse_user $auth_user;
             sse_channel_patterns on;
         }};
 
 # reuseport spreads the streams over both workers.
 my $nginx = start_nginx(redis => $redis, workers => $WORKERS, listen => 'reuseport backlog=1024',
-    http => ($HAVE_AUTH_REQUEST ? '' : maps(%GRANTS)), server => $stream_location);
+    http => ($HAVE_AUTH_REQUEST ? '' : bearer_maps(%GRANTS)), server => $stream_location);
 my $port = $nginx->port;
 
 sub open_streams {
@@ -102,37 +59,6 @@ sub open_streams {
     my @c = map { sse_connect($port, "/stream?channels=$channels", headers => { Authorization => "Bearer $user-token" }) } 1 .. $n;
     wait_clients(\@c, sub { length $_[0]->body_head >= 13 }, 15);
     return @c;
-}
-
-# Which worker holds each client's connection: the server side of the
-# connection is a socket (found in /proc/net/tcp by the client's port) that is
-# in exactly one worker's descriptor table. Returns undef for unknown.
-sub workers_of {
-    my (@clients) = @_;
-    my %inode_worker;
-    for my $pid ($nginx->worker_pids) {
-        opendir my $dh, "/proc/$pid/fd" or next;
-        for my $fd (readdir $dh) {
-            my $link = readlink "/proc/$pid/fd/$fd" // next;
-            $inode_worker{$1} = $pid if $link =~ /^socket:\[(\d+)\]$/;
-        }
-    }
-    my %inode_of_client_port;
-    for my $file ('/proc/net/tcp', '/proc/net/tcp6') {
-        open my $fh, '<', $file or next;
-        <$fh>;
-        while (<$fh>) {
-            my @f = split ' ';
-            my ($local) = $f[1] =~ /:([0-9A-F]{4})$/ or next;
-            my ($remote) = $f[2] =~ /:([0-9A-F]{4})$/ or next;
-            $inode_of_client_port{ hex $remote } = $f[9] if hex($local) == $port && $f[9];
-        }
-    }
-    return map {
-        my $p = $_->{sock} ? $_->{sock}->sockport : undef;
-        my $inode = defined $p ? $inode_of_client_port{$p} : undef;
-        defined $inode ? $inode_worker{$inode} : undef;
-    } @clients;
 }
 
 # Publishes $data on $channel and checks that every client in @$clients
@@ -173,7 +99,7 @@ subtest 'setup: 80 streams over both workers' => sub {
 
     my %spread;
     for my $user (qw(alice bob carol dave)) {
-        my @owner = workers_of(@{ $streams{$user} });
+        my @owner = $nginx->workers_of(@{ $streams{$user} });
         SKIP: {
             skip 'cannot tell which worker holds a connection (/proc not readable)', 1 if grep { !defined } @owner;
             my %n;
@@ -214,7 +140,7 @@ SKIP: {
     skip $NO_AUTH_REQUEST, 1 unless $HAVE_AUTH_REQUEST;
     subtest 'grants are fixed while a stream is open' => sub {
         # The auth service now grants alice dashboards:8 instead of dashboards:7.
-        $auth->write_conf(http => maps(%GRANTS, alice => 'dashboards:8')
+        $auth->write_conf(http => bearer_maps(%GRANTS, alice => 'dashboards:8')
             . q{    log_format auth '$http_authorization $status';});
         my @old = $auth->reload;
         ok defined $auth->wait_pids_gone(10, @old), 'auth service reloaded with new grants for alice';
@@ -227,7 +153,7 @@ SKIP: {
 
 subtest 'revoke alice: her streams end cleanly within 1 s on both workers, others stay' => sub {
     my @alice = @{ $streams{alice} };
-    my @owner = workers_of(@alice);
+    my @owner = $nginx->workers_of(@alice);
     my @others = map { @{ $streams{$_} } } qw(bob carol dave);
     my $mark = $nginx->error_log_mark;
 

@@ -107,7 +107,6 @@ for my $es (@clients) {
     $es->{want} = \@want;
     $es->{want_last} = @want ? (split /\|/, $want[-1])[2] : 0;
 }
-sub got_of { map { join '|', $_->{event}, $_->{data}, $_->{id} // '-' } grep { $_->{data} ne 'warmup' } $_[0]->all_events }
 my $t_wait = time;
 my $complete = wait_sources(\@clients, sub { ($_[0]{last_id} // 0) >= $_[0]{want_last} }, 25);
 note sprintf 'all clients complete %.2f s after the publisher stopped (%.2f s after Redis came back)',
@@ -115,27 +114,11 @@ note sprintf 'all clients complete %.2f s after the publisher stopped (%.2f s af
 wait_sources(\@clients, sub { 0 }, 0.5);    # anything extra would arrive now
 is $complete, $CLIENTS, 'every client received up to the last message of its channels';
 
-my (@wrong, @gaps, @dups);
-for my $i (0 .. $#clients) {
-    my $es  = $clients[$i];
-    my @got = got_of($es);
-    push @gaps, $i if grep { /^sse-gap\|/ } @got;
-    my %n;
-    push @dups, $i if grep { $n{$_}++ } @got;
-    next if join("\n", @got) eq join("\n", @{ $es->{want} });
-    my %have = map { $_ => 1 } @got;
-    my %want = map { $_ => 1 } @{ $es->{want} };
-    my @missing = grep { !$have{$_} } @{ $es->{want} };
-    my @extra   = grep { !$want{$_} } @got;
-    push @wrong, sprintf "client %d (%s): %d events, %d expected; missing %d [%s]; extra %d [%s]; duplicated %d",
-        $i, join(',', @{ $es->{chans} }), scalar(@got), scalar(@{ $es->{want} }), scalar(@missing),
-        join(' ', @missing[0 .. ($#missing < 5 ? $#missing : 5)]), scalar(@extra),
-        join(' ', @extra[0 .. ($#extra < 5 ? $#extra : 5)]), scalar(grep { $n{$_} > 1 } keys %n);
-}
-is scalar(@gaps), 0, 'no client got an sse-gap';
-is scalar(@dups), 0, 'no client got a message twice';
-is scalar(@wrong), 0, 'every client got exactly the accepted messages of its channels, in order'
-    or diag join "\n", @wrong[0 .. ($#wrong < 9 ? $#wrong : 9)];
+my ($gaps, $dups, $wrong) = delivery_mismatches(\@clients);
+is scalar(@$gaps), 0, 'no client got an sse-gap';
+is scalar(@$dups), 0, 'no client got a message twice';
+is scalar(@$wrong), 0, 'every client got exactly the accepted messages of its channels, in order'
+    or diag join "\n", @$wrong[0 .. ($#$wrong < 9 ? $#$wrong : 9)];
 is scalar(grep { $_->reconnections } @clients), 0, 'no stream was ended (no reconnection needed)';
 
 $_->close for @clients;

@@ -106,28 +106,14 @@ is scalar(@bad_resume), 0, 'each sent Last-Event-ID = the last id it had receive
     or diag join "\n", @bad_resume[0 .. ($#bad_resume < 9 ? $#bad_resume : 9)];
 
 # Every message exactly once, in order.
-my (@wrong, @gaps, @dups);
-for my $i (0 .. $#clients) {
-    my $es  = $clients[$i];
-    my @got = map { join '|', $_->{event}, $_->{data}, $_->{id} // '-' } grep { $_->{data} ne 'warmup' } $es->all_events;
-    push @gaps, $i if grep { /^sse-gap\|/ } @got;
-    my %n;
-    push @dups, $i if grep { $n{$_}++ } @got;
-    next if join("\n", @got) eq join("\n", @{ $es->{want} });
-    my %have = map { $_ => 1 } @got;
-    my %want = map { $_ => 1 } @{ $es->{want} };
-    my @missing = grep { !$have{$_} } @{ $es->{want} };
-    my @extra   = grep { !$want{$_} } @got;
-    my $reconnect_last = $es->{connections}[1] ? $es->{connections}[1]{sent_id} // '-' : '-';
-    push @wrong, sprintf "client %d (%s, resumed after %s): %d events, %d expected; missing %d [%s]; extra %d [%s]; duplicated %d",
-        $i, join(',', @{ $es->{chans} }), $reconnect_last, scalar(@got), scalar(@{ $es->{want} }), scalar(@missing),
-        join(' ', @missing[0 .. ($#missing < 5 ? $#missing : 5)]), scalar(@extra),
-        join(' ', @extra[0 .. ($#extra < 5 ? $#extra : 5)]), scalar(grep { $n{$_} > 1 } keys %n);
-}
-is scalar(@gaps), 0, 'no client got an sse-gap';
-is scalar(@dups), 0, 'no client got a message twice';
-is scalar(@wrong), 0, "every client got every accepted message of its channels exactly once, in order"
-    or diag join "\n", scalar(@wrong) . ' clients wrong:', @wrong[0 .. ($#wrong < 9 ? $#wrong : 9)];
+my ($gaps, $dups, $wrong) = delivery_mismatches(\@clients, describe => sub {
+    my ($es) = @_;
+    return ', resumed after ' . ($es->{connections}[1] ? $es->{connections}[1]{sent_id} // '-' : '-');
+});
+is scalar(@$gaps), 0, 'no client got an sse-gap';
+is scalar(@$dups), 0, 'no client got a message twice';
+is scalar(@$wrong), 0, "every client got every accepted message of its channels exactly once, in order"
+    or diag join "\n", scalar(@$wrong) . ' clients wrong:', @$wrong[0 .. ($#$wrong < 9 ? $#$wrong : 9)];
 # The reload did make the clients miss messages, which only the replay could
 # give them: those published between the end of their first stream and the
 # start of the second.

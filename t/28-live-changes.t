@@ -34,8 +34,7 @@ use SSETest;
 
 # auth_request is not in every nginx build (ngx's vendored nginx lacks it):
 # there the grants and the user come from maps in the nginx itself.
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 diag "$SSETest::NGINX_BIN is built without http_auth_request_module: grants come from maps in the streaming nginx"
     unless $HAVE_AUTH_REQUEST;
 
@@ -49,49 +48,19 @@ my $redis = start_redis();
 my $rp    = $redis->port;
 load_sse_function($redis);
 
-# "Authorization: Bearer <user>-token" names the user.
-sub maps {
-    my (%g) = (%GRANTS, @_);
-    my $users  = join '', map { qq{        "Bearer $_-token" $_;\n} } sort keys %g;
-    my $grants = join '', map { qq{        "Bearer $_-token" "$g{$_}";\n} } sort keys %g;
-    return "    map \$http_authorization \$auth_user {\n$users        default \"\";\n    }\n"
-         . "    map \$http_authorization \$auth_grants {\n$grants        default \"\";\n    }\n";
-}
+# "Authorization: Bearer <user>-token" names the user (bearer_maps), with
+# %GRANTS changed by @_.
+sub maps { return bearer_maps(%GRANTS, @_) }
 
 # The auth service: its own nginx, asked by both streaming nginx.
-my $auth = $HAVE_AUTH_REQUEST ? start_nginx(module => undef, redis_url => undef, workers => 1,
-    http => maps(), server => q{
-        location = /check {
-            if ($auth_user = "") { return 401; }
-            add_header X-Datashop-User $auth_user;
-            add_header X-Datashop-Channels $auth_grants;
-            return 204;
-        }
-}) : undef;
+my $auth = $HAVE_AUTH_REQUEST ? start_auth_service(http => maps()) : undef;
 
-my $guard = $HAVE_AUTH_REQUEST ? q{
-            auth_request /_auth;
-            auth_request_set $sse_user   $upstream_http_x_datashop_user;
-            auth_request_set $sse_grants $upstream_http_x_datashop_channels;
-            sse_allow $sse_grants;
-            sse_user  $sse_user;} : q{
-            sse_allow $auth_grants;
-            sse_user  $auth_user;};
+my $guard = auth_guard();
 
 # The same without sse_allow: changes are checked against the stream's own grants.
-my $guard_user = $HAVE_AUTH_REQUEST ? q{
-            auth_request /_auth;
-            auth_request_set $sse_user   $upstream_http_x_datashop_user;
-            sse_user  $sse_user;} : q{
-            sse_user  $auth_user;};
+my $guard_user = auth_guard(grants => 0);
 
-my $server = ($HAVE_AUTH_REQUEST ? qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:${\ $auth->port }/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }} : '') . qq{
+my $server = ($HAVE_AUTH_REQUEST ? auth_location($auth->port) : '') . qq{
         location = /events {$guard
             sse_channel \$arg_channels;
             sse_channel_patterns on;
@@ -144,15 +113,6 @@ sub bearer { return { Authorization => "Bearer $_[0]-token" } }
 
 # --- helpers -------------------------------------------------------------------
 
-# The pid of the worker of $nginx that holds $conn (waits until a worker has
-# accepted it); undef if it cannot be told.
-sub worker_of {
-    my ($nginx, $conn) = @_;
-    my $pid;
-    wait_until(sub { ($pid) = $nginx->workers_of($conn); defined $pid }, 3);
-    return $pid;
-}
-
 # A keep-alive connection to $nginx held by worker $pid (or, with $pid
 # negative, by any worker but -$pid).
 my %POOL;    # "port:pid" => [HTTPConn, ...]
@@ -167,7 +127,7 @@ sub conn_on {
     }
     for (1 .. 64) {
         my $c = http_connect($nginx->port);
-        my $w = worker_of($nginx, $c) // next;
+        my $w = $nginx->worker_of($c) // next;
         push @{ $POOL{ $nginx->port . ":$w" } }, $c;
         return $c if $want->($w);
     }
@@ -189,7 +149,7 @@ sub open_stream {
             diag "GET /events?channels=$channels as $user: $status " . $c->body_head;
             return { c => $c, status => $status };
         }
-        my $w = worker_of($nginx, $c);
+        my $w = $nginx->worker_of($c);
         if ($opt{worker} && (!defined $w || $w != $opt{worker})) { $c->close; next }
         my $first = $c->next_event(5);
         my $token = $first && $first->{event} eq 'sse-session' ? $first->{data} : undef;
@@ -318,7 +278,7 @@ for my $route (@routes) {
         ok wait_subscribed($rp, $a, 1, 5), "$a subscribed";
         my $via = $via_for->($s);
         if ($via->isa('SSETest::HTTPConn')) {
-            my $w = worker_of($A, $via);
+            my $w = $A->worker_of($via);
             $name eq 'the same worker'
                 ? is($w, $s->{worker}, "the POST goes to the stream's worker ($w)")
                 : isnt($w, $s->{worker}, "the POST goes to worker $w, not the stream's ($s->{worker})");

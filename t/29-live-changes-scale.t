@@ -19,8 +19,7 @@ use SSETest;
 
 my $N = 100;
 
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 diag "$SSETest::NGINX_BIN is built without http_auth_request_module: grants come from maps in the streaming nginx"
     unless $HAVE_AUTH_REQUEST;
 
@@ -28,37 +27,13 @@ my $redis = start_redis();
 my $rp    = $redis->port;
 load_sse_function($redis);
 
-my $maps = q{
-    map $http_authorization $auth_user   { "Bearer alice-token" alice; default ""; }
-    map $http_authorization $auth_grants { "Bearer alice-token" "sc:**, rl:**, tg:**, gu:**"; default ""; }
-};
-my $auth = $HAVE_AUTH_REQUEST ? start_nginx(module => undef, redis_url => undef, workers => 1,
-    http => $maps, server => q{
-        location = /check {
-            if ($auth_user = "") { return 401; }
-            add_header X-Datashop-User $auth_user;
-            add_header X-Datashop-Channels $auth_grants;
-            return 204;
-        }
-}) : undef;
+my $maps = bearer_maps(alice => 'sc:**, rl:**, tg:**, gu:**');
+my $auth = $HAVE_AUTH_REQUEST ? start_auth_service(http => $maps) : undef;
 
-my $guard = $HAVE_AUTH_REQUEST ? q{
-            auth_request /_auth;
-            auth_request_set $sse_user   $upstream_http_x_datashop_user;
-            auth_request_set $sse_grants $upstream_http_x_datashop_channels;
-            sse_allow $sse_grants;
-            sse_user  $sse_user;} : q{
-            sse_allow $auth_grants;
-            sse_user  $auth_user;};
+my $guard = auth_guard();
 my %conf = (redis => $redis, workers => 2, listen => 'reuseport backlog=1024',
     http => $HAVE_AUTH_REQUEST ? '' : $maps,
-    server => ($HAVE_AUTH_REQUEST ? qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:${\ $auth->port }/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }} : '') . qq{
+    server => ($HAVE_AUTH_REQUEST ? auth_location($auth->port) : '') . qq{
         location = /events {$guard
             sse_channel \$arg_channels;
             sse_history on;

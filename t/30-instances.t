@@ -34,50 +34,25 @@ my $WORKERS = 2;
 
 # auth_request is not in every nginx build (ngx's vendored nginx lacks it):
 # there the grants and the user come from maps in the streaming nginx.
-my (undef, $nginx_v) = SSETest::_run_capture($SSETest::NGINX_BIN, '-V');
-my $HAVE_AUTH_REQUEST = $nginx_v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+my $HAVE_AUTH_REQUEST = have_auth_request();
 diag "$SSETest::NGINX_BIN is built without http_auth_request_module: grants come from maps in the streaming nginx"
     unless $HAVE_AUTH_REQUEST;
 
 # "Authorization: Bearer <user>-token" names the user.
-my $maps = q{
-    map $http_authorization $auth_user   { "Bearer u1-token" u1; "Bearer u2-token" u2; default ""; }
-    map $http_authorization $auth_grants { "Bearer u1-token" "in:**"; "Bearer u2-token" "in:**"; default ""; }
-};
+my $maps = bearer_maps(u1 => 'in:**', u2 => 'in:**');
 
 my $redis = start_redis();
 my $rp    = $redis->port;
 load_sse_function($redis);
 
 # The auth service: its own nginx, asked by the three streaming nginx.
-my $auth = $HAVE_AUTH_REQUEST ? start_nginx(module => undef, redis_url => undef, workers => 1,
-    http => $maps, server => q{
-        location = /check {
-            if ($auth_user = "") { return 401; }
-            add_header X-Datashop-User $auth_user;
-            add_header X-Datashop-Channels $auth_grants;
-            return 204;
-        }
-}) : undef;
+my $auth = $HAVE_AUTH_REQUEST ? start_auth_service(http => $maps) : undef;
 
-my $guard = $HAVE_AUTH_REQUEST ? q{
-            auth_request /_auth;
-            auth_request_set $sse_user   $upstream_http_x_datashop_user;
-            auth_request_set $sse_grants $upstream_http_x_datashop_channels;
-            sse_allow $sse_grants;
-            sse_user  $sse_user;} : q{
-            sse_allow $auth_grants;
-            sse_user  $auth_user;};
+my $guard = auth_guard();
 
 my %conf = (redis => $redis, workers => $WORKERS, listen => 'reuseport backlog=1024',
     http => $HAVE_AUTH_REQUEST ? '' : $maps,
-    server => ($HAVE_AUTH_REQUEST ? qq{
-        location = /_auth {
-            internal;
-            proxy_pass http://127.0.0.1:${\ $auth->port }/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }} : '') . qq{
+    server => ($HAVE_AUTH_REQUEST ? auth_location($auth->port) : '') . qq{
         location = /events {$guard
             sse_channel \$arg_channels;
             sse_history on;
@@ -96,47 +71,6 @@ sub bearer { return { Authorization => "Bearer $_[0]-token" } }
 
 # --- helpers -------------------------------------------------------------------
 
-# For each socket (a connection to $nginx), the pid of the worker of $nginx
-# that holds its server side: the socket whose peer is the client's port
-# (/proc/net/tcp) is in exactly one worker's descriptor table. undef where it
-# cannot be told.
-sub workers_of {
-    my ($nginx, @socks) = @_;
-    my %inode_worker;
-    for my $pid ($nginx->worker_pids) {
-        opendir my $dh, "/proc/$pid/fd" or next;
-        for my $fd (readdir $dh) {
-            my $link = readlink "/proc/$pid/fd/$fd" // next;
-            $inode_worker{$1} = $pid if $link =~ /^socket:\[(\d+)\]$/;
-        }
-    }
-    my %inode_of_client_port;
-    for my $file ('/proc/net/tcp', '/proc/net/tcp6') {
-        open my $fh, '<', $file or next;
-        <$fh>;
-        while (<$fh>) {
-            my @f = split ' ';
-            my ($local) = $f[1] =~ /:([0-9A-F]{4})$/ or next;
-            my ($remote) = $f[2] =~ /:([0-9A-F]{4})$/ or next;
-            $inode_of_client_port{ hex $remote } = $f[9] if hex($local) == $nginx->port && $f[9];
-        }
-    }
-    return map {
-        my $p = $_ ? $_->sockport : undef;
-        my $inode = defined $p ? $inode_of_client_port{$p} : undef;
-        defined $inode ? $inode_worker{$inode} : undef;
-    } @socks;
-}
-
-# The worker of $nginx holding $sock, once a worker has accepted it (undef if
-# it cannot be told).
-sub worker_of {
-    my ($nginx, $sock) = @_;
-    my $pid;
-    wait_until(sub { ($pid) = workers_of($nginx, $sock); defined $pid }, 3);
-    return $pid;
-}
-
 sub form { return join '&', map { my ($k, $v) = @$_; $v =~ s/([^A-Za-z0-9*\-._])/sprintf '%%%02X', ord $1/ge; "$k=$v" } @_ }
 
 # POSTs a channel change (form fields @pairs) as $user to $nginx; with
@@ -154,7 +88,7 @@ sub change {
         my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $nginx->port, Proto => 'tcp', Timeout => 5)
             or die "cannot connect to nginx on port ${\ $nginx->port }: $!";
         binmode $sock;
-        my $w = worker_of($nginx, $sock);
+        my $w = $nginx->worker_of($sock);
         next if defined $worker && defined $w && $w != $worker;
         syswrite $sock, $req;
         my ($raw, $res) = ('');
@@ -225,7 +159,7 @@ sub hopping_client {
         my $info = { instance => $name, sent => $last, opened => time, c => $c, events => 0 };
         $info->{status} = $c->status(5);
         $info->{echo}   = $c->header('Last-Event-ID');
-        ($info->{worker}) = workers_of($nginx, $c->{sock});
+        ($info->{worker}) = $nginx->workers_of($c);
         push @conns, $info;
         return $info;
     };
@@ -414,7 +348,7 @@ sub streams_on_every_worker {
         my $c = sse_connect($nginx->port, "/events?channels=$channels", headers => bearer($user));
         next unless $c->status(5) == 200;
         $c->next_event(5);    # sse-session
-        my $w = worker_of($nginx, $c->{sock});
+        my $w = $nginx->worker_of($c);
         push @s, { c => $c, instance => $name, worker => $w // '?' };
         $n{$w}++ if defined $w;
         last if !defined $w && @s >= $per * @workers * 2;    # cannot tell: a few more than needed

@@ -39,13 +39,13 @@
 #
 # Sentinels are redis-server --sentinel processes started with the harness's
 # process helpers (killed at the end of the file even when it dies); the
-# publisher is a child of this file, killed by the END block below.
+# publisher is a child of this file (start_publisher_process), killed by the
+# harness at the end too.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use List::Util qw(max min sum0 first);
-use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 use SSETest;
@@ -66,15 +66,6 @@ my $RATE    = 100;    # messages per second, all channels together
 # Helpers of this file: Sentinels, a Sentinel-aware publisher, the delivery
 # checks.
 # ---------------------------------------------------------------------------
-
-my %PUBLISHERS;    # pid => 1: forked publishers still running
-END {
-    for my $pid (keys %PUBLISHERS) {
-        kill 'KILL', -$pid;
-        kill 'KILL', $pid;
-        waitpid $pid, 0;
-    }
-}
 
 # Three Sentinels monitoring the master on $master_port (quorum 2, down after
 # 1 s). Each is { port, pid, dir }.
@@ -164,9 +155,6 @@ sub worker_links {
     return \%links;
 }
 
-# A Redis reply as one string (nested arrays joined), for a regex.
-sub flat { my ($r) = @_; return ref $r eq 'ARRAY' ? join(' ', map { flat($_) } @$r) : $r // '' }
-
 # Lines of $text matching $re.
 sub lines_like { my ($text, $re) = @_; return grep { /$re/ } split /\n/, $text }
 
@@ -182,23 +170,10 @@ sub lines_like { my ($text, $re) = @_; return grep { /$re/ } split /\n/, $text }
 #   U <ch> <n> - <time> <addr> <why>  sent, no reply (maybe run): retried
 #   F <ch> <n> - <time> <addr> <why>  certainly not run: retried
 #   M <time> <addr>                   the master it publishes to from now on
+# The test's sockets (streams) do not stay open in the publisher (close_fds).
 sub start_failover_publisher {
     my (%o) = @_;
-    my $dir = SSETest::_tempdir('publisher');
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
-        $SIG{PIPE} = 'IGNORE';
-        # The test's sockets (streams) must not stay open in this process.
-        POSIX::close($_) for 3 .. 1023;
-        my $ok = eval { publisher_loop($dir, %o); 1 };
-        print STDERR "publisher: $@" unless $ok;
-        POSIX::_exit($ok ? 0 : 1);    # never the parent's END blocks
-    }
-    $PUBLISHERS{$pid} = 1;
-    return bless { pid => $pid, dir => $dir, tag => $o{tag} // '' }, 'FailoverPublisher';
+    return start_publisher_process('FailoverPublisher', \&publisher_loop, \%o, close_fds => 1);
 }
 
 sub publisher_loop {
@@ -280,7 +255,9 @@ sub publisher_loop {
 
 package FailoverPublisher;
 
-use Time::HiRes qw(time);
+# stop() (and DESTROY) come from SSETest::Publisher; results() reads this
+# publisher's log.
+use parent -norequire, 'SSETest::Publisher';
 
 # { acked => [ { ch, payload, id, t, addr } ...] (publish order),
 #   maybe => { payload => 1 } (sent without a reply: may have been run),
@@ -303,18 +280,6 @@ sub results {
         }
     }
     return \%r;
-}
-
-sub stop {
-    my ($self) = @_;
-    if ($self->{pid}) {
-        SSETest::_spew("$self->{dir}/stop", '');
-        my $took = SSETest::_wait_child($self->{pid}, 10);
-        unless (defined $took) { kill 'KILL', -$self->{pid}; waitpid $self->{pid}, 0; }
-        delete $PUBLISHERS{ $self->{pid} };
-        delete $self->{pid};
-    }
-    return $self->results;
 }
 
 package main;
@@ -382,21 +347,20 @@ sub check_delivery {
             push @silent, "$s->{name}: $m->{id} $m->{ch} '$m->{payload}'";
         }
     }
-    my $show = sub { my @l = @_; join "\n", @l[0 .. min($#l, 9)], (@l > 10 ? '... (' . @l . ' in all)' : ()) };
-    is scalar(@foreign), 0, "$label: no event on a channel the stream did not ask for" or diag $show->(@foreign);
-    is scalar(@no_id), 0, "$label: every event carries an id" or diag $show->(@no_id);
-    is scalar(@dup_ids), 0, "$label: no id delivered twice to a stream" or diag $show->(@dup_ids);
-    is scalar(@disorder), 0, "$label: ids increase on every stream" or diag $show->(@disorder);
-    is scalar(@twice), 0, "$label: no acknowledged message twice" or diag $show->(@twice);
+    is scalar(@foreign), 0, "$label: no event on a channel the stream did not ask for" or diag first_lines(@foreign);
+    is scalar(@no_id), 0, "$label: every event carries an id" or diag first_lines(@no_id);
+    is scalar(@dup_ids), 0, "$label: no id delivered twice to a stream" or diag first_lines(@dup_ids);
+    is scalar(@disorder), 0, "$label: ids increase on every stream" or diag first_lines(@disorder);
+    is scalar(@twice), 0, "$label: no acknowledged message twice" or diag first_lines(@twice);
     {
         local $TODO = $opt{todo_silent};
         is scalar(@silent), 0, "$label: every acknowledged message reached every stream of its channel, "
             . "or an sse-gap naming the channel took its place ($delivered deliveries, $gapped announced by sse-gap)"
-            or diag $show->(@silent);
+            or diag first_lines(@silent);
     }
     is scalar(@nowhere), 0, "$label: every event delivered was published (acknowledged, or sent without a reply)"
-        or diag $show->(@nowhere);
-    is scalar(@reused), 0, "$label: no id stands for two different messages" or diag $show->(@reused);
+        or diag first_lines(@nowhere);
+    is scalar(@reused), 0, "$label: no id stands for two different messages" or diag first_lines(@reused);
     return { delivered => $delivered, gapped => $gapped };
 }
 
@@ -458,12 +422,6 @@ sub epoch_gaps_missing {
             if grep { !$named{$_} } @{ $s->{chans} };
     }
     return @bad;
-}
-
-sub quantiles {
-    my @v = sort { $a <=> $b } @_;
-    return 'none' unless @v;
-    return sprintf 'first %.2f s, median %.2f s, last %.2f s', $v[0], $v[ $#v / 2 ], $v[-1];
 }
 
 # ---------------------------------------------------------------------------
@@ -536,7 +494,7 @@ subtest 'nginx follows the master Sentinel names' => sub {
     is sum0(values %$on_replica), 0, '... and none on the replica';
     ok wait_until(sub { my $l = worker_links($nginx, $SP[0]); !grep { $_ != 1 } values %$l }, 5),
         '... and one connection to the first Sentinel';
-    ok wait_until(sub { flat(eval { redis_cmd($M, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
+    ok wait_until(sub { reply_text(eval { redis_cmd($M, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
         'the workers loaded the nginx_sse functions on the master';
 
     my $c = sse_connect($port, '/events?channels=fo:a,fo:b');
@@ -758,7 +716,7 @@ subtest 'manual failover (SENTINEL FAILOVER), the old master alive' => sub {
         'each worker has its subscriber and commands connections on the new master'
         or diag explain worker_links($nginx, $M);
     is sum0(values %{ worker_links($nginx, $R) }), 0, 'none left on the demoted one';
-    like(flat(eval { redis_cmd($M, FUNCTION => 'LIST') }), qr/nginx_sse/, 'the nginx_sse functions are on the new master');
+    like(reply_text(eval { redis_cmd($M, FUNCTION => 'LIST') }), qr/nginx_sse/, 'the nginx_sse functions are on the new master');
     my @new = grep { $_->{addr} eq "127.0.0.1:$M" } @acked2;
     ok @new > 20, scalar(@new) . ' messages acknowledged by the new master';
     is scalar(grep { $_->{id} < 2 * $EPOCH } @new), 0, 'all in the third epoch (2 * 10^12 and up)';
@@ -815,7 +773,7 @@ subtest 'master with requirepass, Sentinels with auth-pass' => sub {
     is $c->status, 200, 'a stream opens';
     ok wait_subscribed($m, 'auth:a', 1, 10), 'the worker authenticated on the master and subscribed'
         or diag $n->error_log;
-    ok wait_until(sub { flat(eval { redis_cmd($m, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
+    ok wait_until(sub { reply_text(eval { redis_cmd($m, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
         'its commands connection loaded the functions';
     my $id = sse_publish($m, 'auth:a', 'with a password');
     ok !ref $id && $id =~ /^\d+$/, "FCALL sse_publish: id $id";
@@ -863,7 +821,7 @@ subtest 'a Sentinel that names a replica: nginx checks ROLE and asks again' => s
     ok wait_until(sub { $n->error_log =~ /sse: redis master is 127\.0\.0\.1:$mp \(was 127\.0\.0\.1:$rp\)/ }, 15),
         'asked again, the worker follows the master'
         or diag $n->error_log;
-    ok wait_until(sub { flat(eval { redis_cmd($mp, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
+    ok wait_until(sub { reply_text(eval { redis_cmd($mp, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
         '... its commands connection loads the functions there';
     ok wait_subscribed($m, 'st:a', 1, 10), '... and the stream is subscribed on the master';
     my @ids = map { sse_publish($m, 'st:a', "e$_") } 1 .. 3;

@@ -62,19 +62,18 @@
 # read its history were sent without the epoch check, so the first event of
 # a new epoch could come without sse-gap.
 #
-# The six redis-server processes are SSETest::Redis objects (the harness kills
-# them at the end of the file, also when it dies); the publishers are children
-# of this file, killed by the END block below.
+# The cluster (six redis-server processes) and the cluster-aware publishers
+# come from SSETest::Cluster (t/lib/SSETest/Cluster.pm); the harness kills
+# them at the end of the file, also when it dies.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use IO::Select;
 use List::Util qw(max min first sum0 uniq);
-use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 use SSETest;
+use SSETest::Cluster;
 
 our $TODO;
 # No check is a TODO any more (see above); kept so the checks read the same.
@@ -83,100 +82,14 @@ my $EPOCH   = 1_000_000_000_000;
 my $WORKERS = 2;
 my $RATE    = 120;    # publisher calls per second, all channels together
 
-my (undef, $redis_version) = SSETest::_run_capture($SSETest::REDIS_BIN, '--version');
-my ($REDIS_MAJOR) = $redis_version =~ /\bv=(\d+)\./;
-my $REDIS_CLI = $SSETest::REDIS_BIN =~ m{^(.*/)} && -x "$1redis-cli" ? "$1redis-cli" : 'redis-cli';
-my $HAVE_CLI = $REDIS_CLI =~ m{/} ? -x $REDIS_CLI : scalar grep { -x "$_/redis-cli" } split /:/, $ENV{PATH} // '';
-plan skip_all => 'Redis Cluster history needs redis-server 7 or later (sharded pub/sub, functions) and redis-cli (have: '
-    . ($REDIS_MAJOR // 'unknown') . ', redis-cli ' . ($HAVE_CLI ? 'found' : 'missing') . ')'
-    unless ($REDIS_MAJOR // 0) >= 7 && $HAVE_CLI;
+my $MISSING = cluster_tools_missing();
+plan skip_all => "Redis Cluster history needs redis-server 7 or later (sharded pub/sub, functions) and redis-cli ($MISSING)"
+    if $MISSING;
 
 # ---------------------------------------------------------------------------
-# Helpers of this file: the cluster, FCALL sse_publish 1, a cluster-aware
-# publisher, vector ids, delivery checks.
+# Helpers of this file: FCALL sse_publish 1, vector ids, streams, delivery
+# checks (the cluster and its publisher: SSETest::Cluster).
 # ---------------------------------------------------------------------------
-
-my %PUBLISHERS;    # pid => 1: forked publishers still running
-END {
-    for my $pid (keys %PUBLISHERS) {
-        kill 'KILL', -$pid;
-        kill 'KILL', $pid;
-        waitpid $pid, 0;
-    }
-}
-
-my @CLUSTER_ARGS = ('--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
-    '--cluster-node-timeout', 2000, '--cluster-replica-validity-factor', 0);
-
-sub cluster_info {
-    my ($port) = @_;
-    my $text = eval { redis_cmd($port, CLUSTER => 'INFO') };
-    return {} unless defined $text && !ref $text;
-    return { map { /^([^:\s]+):(.*?)\s*$/ ? ($1 => $2) : () } split /\n/, $text };
-}
-
-# CLUSTER NODES of $port: { port => { id, role, master (its master's id), slots } }.
-sub cluster_nodes {
-    my ($port) = @_;
-    my $text = eval { redis_cmd($port, CLUSTER => 'NODES') };
-    return {} unless defined $text && !ref $text;
-    my %n;
-    for (split /\n/, $text) {
-        my ($id, $addr, $flags, $master, undef, undef, undef, undef, @slots) = split ' ';
-        my ($p) = ($addr // '') =~ /:(\d+)@/ or next;
-        $n{$p} = { id => $id, role => ($flags =~ /master/ ? 'master' : 'slave'), master => $master, slots => "@slots" };
-    }
-    return \%n;
-}
-
-# CLUSTER SLOTS of $port: [ [first, last, master port] ... ], or undef.
-sub slot_table {
-    my ($port) = @_;
-    my $r = eval { redis_cmd($port, CLUSTER => 'SLOTS') };
-    return undef unless ref $r eq 'ARRAY' && @$r;
-    return [ map { [ $_->[0], $_->[1], $_->[2][1] ] } @$r ];
-}
-
-sub owner_in {
-    my ($table, $slot) = @_;
-    for (@{ $table || [] }) { return $_->[2] if $slot >= $_->[0] && $slot <= $_->[1] }
-    return undef;
-}
-
-sub shardnumsub {
-    my ($port, $channel) = @_;
-    my $r = eval { redis_cmd($port, PUBSUB => SHARDNUMSUB => $channel) };
-    return ref $r eq 'ARRAY' ? $r->[1] : undef;
-}
-
-# A Redis reply as one string (nested arrays joined), for a regex.
-sub flat { my ($r) = @_; return ref $r eq 'ARRAY' ? join(' ', map { flat($_) } @$r) : $r // '' }
-
-# Six nodes, 3 masters with a replica each; waits until every node says
-# cluster_state:ok and knows its role, and the replicas are linked.
-sub start_cluster {
-    my @nodes = map { SSETest::Redis->new(args => [ @CLUSTER_ARGS, '--cluster-port', free_port() ])->start } 1 .. 6;
-    my @ports = map { $_->port } @nodes;
-    my ($rc, $out) = SSETest::_run_capture($REDIS_CLI, '--cluster', 'create', (map { "127.0.0.1:$_" } @ports),
-        '--cluster-replicas', 1, '--cluster-yes');
-    die "redis-cli --cluster create failed ($rc):\n$out" if $rc;
-    my $ok = wait_until(sub {
-        for my $p (@ports) {
-            my $i = cluster_info($p);
-            return 0 unless ($i->{cluster_state} // '') eq 'ok' && ($i->{cluster_known_nodes} // 0) == 6;
-            my $n = cluster_nodes($p);
-            return 0 unless (grep { $_->{role} eq 'master' && length $_->{slots} } values %$n) == 3
-                && (grep { $_->{role} eq 'slave' } values %$n) == 3;
-        }
-        for my $p (@ports) {
-            my $r = redis_info($p, 'replication');
-            return 0 if $r->{role} eq 'slave' && ($r->{master_link_status} // '') ne 'up';
-        }
-        1;
-    }, 30, 0.1);
-    die "the cluster is not ready 30 s after redis-cli --cluster create:\n$out\n" unless $ok;
-    return @nodes;
-}
 
 # FNV-1a (32 bits) of the names joined by commas, as 8 hex digits: the
 # checksum a vector id must carry (written here from the definition, not
@@ -222,12 +135,17 @@ sub refresh_table {
     return undef;
 }
 
+# The command that publishes $payload on $ch with history in a cluster:
+# FCALL sse_publish 1 with the channel's state as the key (its hash tag puts
+# the history keys in the channel's slot), then @options ('maxlen=...').
+sub fcall_cmd { my ($ch, $payload, @options) = @_; return [ FCALL => sse_publish => 1, "sse:{$ch}:s", $payload, @options ] }
+
 # FCALL sse_publish 1 $ch $payload as a cluster client does it: to the
 # channel's master, following MOVED and ASK. Returns the id; dies on an error.
 sub fcall {
     my ($ch, $payload, %o) = @_;
     my $port = owner_now($ch);
-    my @cmds = ([ FCALL => sse_publish => 1, "sse:{$ch}:s", $payload ]);
+    my @cmds = (fcall_cmd($ch, $payload));
     my @hops;
     for (1 .. 5) {
         my $c = $PCONN{$port} ||= redis_connect($port) // die "cannot connect to $port\n";
@@ -237,8 +155,8 @@ sub fcall {
         if (ref $r && $r->message =~ /^(MOVED|ASK) \d+ [^:\s]+:(\d+)/) {
             push @hops, "$1 $2";
             $port = $2;
-            if ($1 eq 'MOVED') { $OWNER{$ch} = $port; @cmds = ([ FCALL => sse_publish => 1, "sse:{$ch}:s", $payload ]) }
-            else { @cmds = ([ 'ASKING' ], [ FCALL => sse_publish => 1, "sse:{$ch}:s", $payload ]) }
+            if ($1 eq 'MOVED') { $OWNER{$ch} = $port; @cmds = (fcall_cmd($ch, $payload)) }
+            else { @cmds = ([ 'ASKING' ], fcall_cmd($ch, $payload)) }
             next;
         }
         die "FCALL sse_publish 1 $ch on $port: $r\n" if ref $r || !defined $r || $r !~ /^\d+$/;
@@ -252,208 +170,14 @@ sub fcall {
 my %PUBLISHED;    # payload => id (fcall() in this process)
 sub publish_one { my ($ch, $payload, %o) = @_; return $PUBLISHED{$payload} = fcall($ch, $payload, %o) }
 
-# A publisher like a service with a cluster-aware client: FCALL sse_publish 1
-# at $rate calls/s round robin over the channels (payload "<channel>
-# <tag>#<n>", n from 1 per channel) to the master of each channel's slot
-# (from CLUSTER SLOTS); follows -MOVED (and -ASK with ASKING) at once; when
-# a node cannot be reached or answers an error (CLUSTERDOWN, TRYAGAIN, ...),
-# that channel's message is retried 50 ms later (the other channels go on
-# meanwhile) after CLUSTER SLOTS is read again. Log lines:
-#   A <ch> <n> <id> <sent> <acked> <port>   acknowledged
-#   U <ch> <n> <sent> <port> <why>          sent, no reply (maybe run): not retried
-#   F <ch> <n> <time> <port> <why>          certainly not run: retried
-#   R <ch> <MOVED|ASK> <port> <time>        a redirection
-sub start_cluster_publisher {
-    my (%o) = @_;
-    my $dir = SSETest::_tempdir('publisher');
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
-        $SIG{PIPE} = 'IGNORE';
-        POSIX::close($_) for 3 .. 1023;    # the test's sockets (streams) stay the test's
-        my $ok = eval { publisher_loop($dir, %o); 1 };
-        print STDERR "publisher: $@" unless $ok;
-        POSIX::_exit($ok ? 0 : 1);    # never the parent's END blocks
-    }
-    $PUBLISHERS{$pid} = 1;
-    return bless { pid => $pid, dir => $dir, tag => $o{tag} }, 'ClusterPublisher';
-}
-
-sub publisher_loop {
-    my ($dir, %o) = @_;
-    my @nodes    = @{ $o{nodes} };
-    my @channels = @{ $o{channels} };
-    my %slot     = %{ $o{slots} };
-    my $rate     = $o{rate} || 100;
-    my $tag      = $o{tag};
-    open my $log, '>>', "$dir/log" or die "cannot write $dir/log: $!\n";
-    $log->autoflush(1);
-    my (%conn, %owner, %n, %retry_at);
-    my $refresh = sub {
-        for my $p (@nodes) {
-            my $t = eval {
-                my $c = SSETest::RedisConn->new($p, timeout => 0.5) or die "connect\n";
-                my $r = $c->cmd(CLUSTER => 'SLOTS');
-                $c->close;
-                $r;
-            };
-            next unless ref $t eq 'ARRAY' && @$t;
-            for my $ch (@channels) {
-                for my $range (@$t) {
-                    $owner{$ch} = $range->[2][1] if $slot{$ch} >= $range->[0] && $slot{$ch} <= $range->[1];
-                }
-            }
-            return 1;
-        }
-        return 0;
-    };
-    $refresh->() or die "no node answers CLUSTER SLOTS\n";
-    my $call = sub {    # (last reply or undef, sent, error)
-        my ($port, @cmds) = @_;
-        my $sent = 0;
-        my $reply = eval {
-            my $c = $conn{$port} ||= SSETest::RedisConn->new($port, timeout => 1) // die "connect: $!\n";
-            $c->send_cmd(@$_) for @cmds;
-            $sent = 1;
-            my $r;
-            $r = $c->read_reply for @cmds;
-            $r;
-        };
-        my $err = $@;
-        if (!defined $reply) {
-            $conn{$port}->close if $conn{$port};
-            delete $conn{$port};
-        }
-        return ($reply, $sent, $err);
-    };
-    my $k = 0;
-    my $next = time;
-    while (!-e "$dir/stop") {
-        my $left = $next - time;
-        sleep $left if $left > 0;
-        $next = time if time - $next > 0.2;    # far behind: no burst
-        my $ch;
-        for (1 .. @channels) {
-            my $c = $channels[ $k++ % @channels ];
-            if (($retry_at{$c} // 0) <= time) { $ch = $c; last }
-        }
-        if (!defined $ch) { sleep 0.005; next }
-        my $n = ($n{$ch} // 0) + 1;
-        my @fcall = (FCALL => sse_publish => 1, "sse:{$ch}:s", "$ch $tag#$n");
-        my @cmds = (\@fcall);
-        my $port = $owner{$ch};
-        my ($reply, $sent, $err, $t0);
-        for my $hop (1 .. 5) {
-            $t0 = time;
-            ($reply, $sent, $err) = $call->($port, @cmds);
-            last unless ref $reply && $reply->message =~ /^(MOVED|ASK) \d+ [^:\s]+:(\d+)/;
-            printf {$log} "R %s %s %d %.4f\n", $ch, $1, $2, time;
-            $port = $2;
-            if ($1 eq 'MOVED') { $owner{$ch} = $port; @cmds = (\@fcall) }
-            else { @cmds = ([ 'ASKING' ], \@fcall) }
-        }
-        my $t = time;
-        if (defined $reply && !ref $reply && $reply =~ /^\d+$/) {
-            printf {$log} "A %s %d %s %.4f %.4f %d\n", $ch, $n, $reply, $t0, $t, $port;
-            $n{$ch} = $n;
-            $next += 1 / $rate;
-            next;
-        }
-        my $why = defined $reply ? "$reply" : $err;
-        $why =~ s/\s+/ /g;
-        if ($sent && !defined $reply) {
-            printf {$log} "U %s %d %.4f %d %s\n", $ch, $n, $t0, $port, $why;
-            $n{$ch} = $n;
-        } else {
-            printf {$log} "F %s %d %.4f %d %s\n", $ch, $n, $t, $port, $why;
-        }
-        $retry_at{$ch} = time + 0.05;
-        $refresh->();
-    }
-    close $log;
-}
-
-package ClusterPublisher;
-
-# { acked => { ch => [ { n, id, sent, acked, port } ... ] }, maybe => { ch =>
-#   { n => 1 } }, failures, redirections => { MOVED => n, ASK => n }, errors => [why...] }
-sub results {
-    my ($self) = @_;
-    my %r = (acked => {}, maybe => {}, failures => 0, redirections => {}, errors => []);
-    for my $line (split /\n/, SSETest::slurp("$self->{dir}/log")) {
-        my @f = split / /, $line;
-        if ($f[0] eq 'A' && @f == 7) {
-            push @{ $r{acked}{ $f[1] } }, { n => $f[2], id => $f[3], sent => $f[4], acked => $f[5], port => $f[6] };
-        } elsif ($f[0] eq 'U' && @f >= 5) {
-            $r{maybe}{ $f[1] }{ $f[2] } = 1;
-            $r{failures}++;
-            push @{ $r{errors} }, join ' ', @f[5 .. $#f];
-        } elsif ($f[0] eq 'F' && @f >= 5) {
-            $r{failures}++;
-            push @{ $r{errors} }, join ' ', @f[5 .. $#f];
-        } elsif ($f[0] eq 'R' && @f == 5) {
-            $r{redirections}{ $f[2] }++;
-        }
-    }
-    return \%r;
-}
-
-sub stop {
-    my ($self) = @_;
-    if ($self->{pid}) {
-        SSETest::_spew("$self->{dir}/stop", '');
-        my $took = SSETest::_wait_child($self->{pid}, 10);
-        unless (defined $took) { kill 'KILL', -$self->{pid}; waitpid $self->{pid}, 0; }
-        delete $PUBLISHERS{ $self->{pid} };
-        delete $self->{pid};
-    }
-    return $self->results;
-}
-
-package main;
-
-# Reads every client for $seconds (or until $tick returns true; called about
-# every 10 ms). Returns whether $tick returned true.
-sub pump_for {
-    my ($clients, $seconds, $tick) = @_;
-    my $end = time + $seconds;
-    while (time < $end) {
-        my %by = map { (0 + $_->{sock} => $_) } grep { $_->{sock} } @$clients;
-        if (%by) { $by{ 0 + $_ }->pump for IO::Select->new(map { $_->{sock} } values %by)->can_read(0.01) }
-        else     { sleep 0.01 }
-        return 1 if $tick && $tick->();
-    }
-    return 0;
-}
-
-sub worker_of {
-    my ($conn) = @_;
-    my $pid;
-    wait_until(sub { ($pid) = $nginx->workers_of($conn); defined $pid }, 3);
-    return $pid;
-}
-
 # Opens a stream on /events for $channels (held by worker $o{worker} if
 # given: others are closed and opened again) and reads its first event, which
 # must be sse-session. Returns the client, with {worker}, {token}, {chans}.
 sub open_stream {
     my ($channels, %o) = @_;
-    my $path = "/events?channels=$channels";
-    for (1 .. 64) {
-        my $c = sse_connect($nginx->port, $path, headers => $o{headers} || {});
-        my $status = $c->status(5);
-        die "GET $path: $status " . $c->body_head . "\n" unless $status == 200;
-        my $w = worker_of($c);
-        if (defined $o{worker} && (!defined $w || $w != $o{worker})) { $c->close; next }
-        my $first = $c->next_event(5);
-        die "the stream for $channels did not start with sse-session\n"
-            unless $first && $first->{event} eq 'sse-session';
-        @$c{qw(worker token chans)} = ($w, $first->{data}, [ split /,/, $channels ]);
-        return $c;
-    }
-    die "could not open a stream on worker $o{worker}\n";
+    my $c = open_session_stream($nginx, "/events?channels=$channels", %o);
+    $c->{chans} = [ split /,/, $channels ];
+    return $c;
 }
 
 # FCALLs "<ch> warm#<k>" on every channel of the clients until each client
@@ -521,17 +245,6 @@ sub vector_problems {
         $last{ $e->{event} } = $pos->{ $e->{event} };
     }
     return @bad;
-}
-
-sub show {
-    my @l = @_;
-    return join "\n", @l[ 0 .. min($#l, 9) ], (@l > 10 ? '... (' . @l . ' in all)' : ());
-}
-
-sub quantiles {
-    my @v = sort { $a <=> $b } @_;
-    return 'none' unless @v;
-    return sprintf 'first %.2f s, median %.2f s, last %.2f s', $v[0], $v[ $#v / 2 ], $v[-1];
 }
 
 # What a stream got of a publisher's messages (tag $tag) on channel $ch, from
@@ -622,9 +335,7 @@ note sprintf 'cluster ready %.1f s after start: masters %s (replicas %s)', time 
 my @BY_SHARD;
 {
     my @cand = map { "h:k$_" } 1 .. 200;
-    my $c = redis_connect($ALL[0]) or die "cannot connect to $ALL[0]\n";
-    my @slots = $c->pipeline(map { [ CLUSTER => KEYSLOT => $_ ] } @cand);
-    $c->close;
+    my @slots = keyslots($ALL[0], @cand);
     my %used;
     for my $i (0 .. $#cand) {
         my $s = first { $M[$_] == owner_in($TABLE, $slots[$i]) } 0 .. 2;
@@ -658,7 +369,7 @@ $nginx = start_nginx(
 my @W = $nginx->worker_pids;
 
 subtest 'the workers load the nginx_sse functions on every master' => sub {
-    my $has = sub { flat(eval { redis_cmd($_[0], FUNCTION => 'LIST', LIBRARYNAME => 'nginx_sse') }) =~ /\bnginx_sse\b/ };
+    my $has = sub { reply_text(eval { redis_cmd($_[0], FUNCTION => 'LIST', LIBRARYNAME => 'nginx_sse') }) =~ /\bnginx_sse\b/ };
     my $ok = wait_until(sub { !grep { !$has->($_) } @M }, 10);
     ok $ok, 'FUNCTION LIST shows nginx_sse on the three masters (' . join(', ', @M) . ')'
         or diag 'missing on: ' . join(', ', grep { !$has->($_) } @M) . "\n" . $nginx->error_log;
@@ -700,13 +411,13 @@ subtest 'vector ids: one position per channel, sorted by name' => sub {
     }
     my @bad_format = grep { ($_->{own_id} // '') !~ /^v[0-9a-f]{8}\.\d+\.\d+\.\d+$/ } @ev;
     is scalar(@bad_format), 0, 'every event carries an id v<8 hex>.<n>.<n>.<n> (three channels)'
-        or diag show(map { "$_->{event} '$_->{data}': " . ($_->{own_id} // 'no id') } @bad_format);
+        or diag first_lines(map { "$_->{event} '$_->{data}': " . ($_->{own_id} // 'no id') } @bad_format);
     my %sums = map { (($_->{own_id} // '') =~ /^v([0-9a-f]{8})/ ? $1 : '-') => 1 } @ev;
     is_deeply [ keys %sums ], [ fnv1a(@sorted) ], 'the checksum is FNV-1a of the channel names sorted by name ('
         . join(',', @sorted) . ')';
     my @bad = vector_problems($S2, $from, consistent => 1);
     is scalar(@bad), 0, 'the positions follow the sorted names: the event\'s channel is at the id FCALL returned, '
-        . 'the others at their last event' or diag show(@bad);
+        . 'the others at their last event' or diag first_lines(@bad);
     my ($pos) = parse_vector($S2->{last_id}, \@P);
     is_deeply $pos, { map { ($_ => $ISSUED{$_}[-1]) } @P }, "the last id ($S2->{last_id}) names every channel's last id";
 };
@@ -734,7 +445,7 @@ subtest 'resume across shards with a vector Last-Event-ID' => sub {
     $r->wait_for(sub { data_events($r, $from) >= @missed }, 5);
     $r->drain(0.3);
     my @ev = @{ $r->{events} }[ $from .. $#{ $r->{events} } ];
-    is scalar(grep { $_->{event} eq 'sse-gap' } @ev), 0, 'no sse-gap' or diag show(map { "$_->{event} $_->{data}" } @ev);
+    is scalar(grep { $_->{event} eq 'sse-gap' } @ev), 0, 'no sse-gap' or diag first_lines(map { "$_->{event} $_->{data}" } @ev);
     for my $ch (@P) {
         is_deeply [ map { $_->{data} } grep { $_->{event} eq $ch } @ev ], [ map { "$ch b#$_" } 1 .. 5 ],
             "$ch (shard " . shard_of($ch) . "): exactly the 5 missed events, once, in order";
@@ -744,7 +455,7 @@ subtest 'resume across shards with a vector Last-Event-ID' => sub {
             ($nginx->workers_of($r))[0] // '?', join(' ', map { "[$_->{event} '$_->{data}' " . ($_->{own_id} // '-') . ']' } $r->all_events),
             $nginx->error_log_since($mark);
     my @bad = vector_problems($r, $from);
-    is scalar(@bad), 0, 'their ids name the ids FCALL returned' or diag show(@bad);
+    is scalar(@bad), 0, 'their ids name the ids FCALL returned' or diag first_lines(@bad);
 
     my $from2 = scalar @{ $r->{events} };
     publish_one($_, "$_ c#1") for @P;
@@ -776,7 +487,7 @@ subtest 'resume across shards with a vector Last-Event-ID' => sub {
         $c->{chans} = [@$chans];
         my $ok = $c->wait_for(sub { my @g = gap_channels($c); @g == @$chans }, 5);
         is_deeply [ gap_channels($c) ], [ sort @$chans ], '... sse-gap names every channel of the stream'
-            or diag show(map { "$_->{event} $_->{data}" } $c->all_events);
+            or diag first_lines(map { "$_->{event} $_->{data}" } $c->all_events);
         is scalar(data_events($c)), 0, '... and nothing is replayed';
         my $f = scalar @{ $c->{events} };
         publish_one($_, "$_ d$k#1") for @$chans;
@@ -904,7 +615,8 @@ subtest "resharding: a subscribed channel's slot moves with its history ($SRC ->
     my $before_id = $s[0]{last_id};
     my %before_pub = %PUBLISHED;
     my @from = map { scalar @{ $_->{events} } } @s;
-    my $pub = start_cluster_publisher(nodes => \@M, channels => \@chans, slots => \%SLOT, rate => $RATE / 2, tag => 'r');
+    my $pub = start_cluster_publisher(nodes => \@M, channels => \@chans, slots => \%SLOT, rate => $RATE / 2, tag => 'r',
+        command => \&fcall_cmd);
     pump_for(\@s, 1);
     my ($keys, $t_move) = move_slot_atomically($slot, $SRC, $DST);
     note "moved slot $slot with keys @$keys";
@@ -948,12 +660,12 @@ subtest "resharding: a subscribed channel's slot moves with its history ($SRC ->
         scalar(@xa), $x, scalar(@after), $res->{failures}, join(', ', map { "$_ $res->{redirections}{$_}" } sort keys %{ $res->{redirections} }) || 'none';
     cmp_ok scalar(@after), '>', 10, "the publisher kept publishing on $x after the move";
     is scalar(@bad), 0, 'every stream, every channel: each message once, in order, with the id FCALL returned; '
-        . 'no sse-gap on the channels that did not move' or diag show(@bad);
+        . 'no sse-gap on the channels that did not move' or diag first_lines(@bad);
     {
         local $TODO = $TODO_EPOCH;
-        is scalar(@ungapped), 0, "$x: a new epoch comes after an sse-gap naming it" or diag show(@ungapped);
+        is scalar(@ungapped), 0, "$x: a new epoch comes after an sse-gap naming it" or diag first_lines(@ungapped);
     }
-    is scalar(@lost), 0, 'every acknowledged message reached every stream (nothing lost in the move)' or diag show(@lost);
+    is scalar(@lost), 0, 'every acknowledged message reached every stream (nothing lost in the move)' or diag first_lines(@lost);
     diag sprintf 'resharding: SETSLOT NODE -> re-subscribed on %s %.3f s, -> next event of %s %s; %s issued by %s: %s; '
         . 'sse-gap naming %s on %d of 4 streams',
         $DST, ($t_resub // time) - $t_move, $x, quantiles(@resume),
@@ -1054,7 +766,7 @@ subtest 'a new epoch while a lane reads its history' => sub {
         my $pad = 'x' x 1000;
         my $pc = redis_connect($owner);
         for (my $j = 1; $j <= $N; $j += 500) {
-            my @r = $pc->pipeline(map { [ FCALL => sse_publish => 1, "sse:{$z}:s", "$z l#$_ $pad", 'maxlen=100000' ] } $j .. min($N, $j + 499));
+            my @r = $pc->pipeline(map { fcall_cmd($z, "$z l#$_ $pad", 'maxlen=100000') } $j .. min($N, $j + 499));
             die "FCALL sse_publish 1 $z: $r[0]\n" if grep { ref } @r;
         }
         $pc->cmd(HSET => "sse:{$z}:s", r => 'another-node');
@@ -1084,7 +796,7 @@ subtest 'a new epoch while a lane reads its history' => sub {
         last if @held;
     }
     local $TODO = $TODO_EPOCH;
-    is scalar(@held), 0, "the first event of the new epoch comes after an sse-gap ($rounds tries)" or diag show(@held);
+    is scalar(@held), 0, "the first event of the new epoch comes after an sse-gap ($rounds tries)" or diag first_lines(@held);
 };
 
 # ---------------------------------------------------------------------------
@@ -1107,7 +819,8 @@ subtest "failover: SIGKILL of the master of shard 0 (port $DEAD) under continuou
     my @surviving = grep { owner_now($_) != $DEAD } @chans;
     is scalar(@failed), 2, "shard 0 ($DEAD) serves @failed";
     my @from = map { scalar @{ $_->{events} } } @s;
-    my $pub = start_cluster_publisher(nodes => \@ALL, channels => \@chans, slots => \%SLOT, rate => $RATE, tag => 'f');
+    my $pub = start_cluster_publisher(nodes => \@ALL, channels => \@chans, slots => \%SLOT, rate => $RATE, tag => 'f',
+        command => \&fcall_cmd);
     pump_for(\@s, 1.5);
     my $mark = $nginx->error_log_mark;
     my $t_kill = time;
@@ -1203,19 +916,19 @@ subtest "failover: SIGKILL of the master of shard 0 (port $DEAD) under continuou
             . ' (first ' . ($ids[0] // 'none') . ', last ' . ($ids[-1] // 'none') . ')';
     }
     is scalar(@bad), 0, 'every stream, every channel: each message once, in order, with the id FCALL returned; '
-        . 'no sse-gap on the shards that did not fail' or diag show(@bad);
-    is scalar(@missing_surv), 0, 'the channels of the other shards got every acknowledged message' or diag show(@missing_surv);
+        . 'no sse-gap on the shards that did not fail' or diag first_lines(@bad);
+    is scalar(@missing_surv), 0, 'the channels of the other shards got every acknowledged message' or diag first_lines(@missing_surv);
     cmp_ok $max_delay, '<', 0.5, sprintf('... and kept flowing during the outage: each within %.3f s of its '
         . 'acknowledgement (longest pause between deliveries %.3f s, between acknowledgements %.3f s, at %d msg/s per channel)',
         $max_delay, $max_pause, $max_ack_pause, $RATE / @chans);
     is scalar(@silent), 0, 'shard 0\'s channels: every acknowledged message arrived, or an sse-gap naming the channel '
-        . 'came between the last event before it and the first after it' or diag show(@silent);
+        . 'came between the last event before it and the first after it' or diag first_lines(@silent);
     {
         local $TODO = $TODO_EPOCH;
         is scalar(@ungapped), 0, 'shard 0\'s channels: the first event of the new master (a new epoch) comes after an '
-            . 'sse-gap naming the channel' or diag show(@ungapped);
+            . 'sse-gap naming the channel' or diag first_lines(@ungapped);
         is scalar(@silent_epoch), 0, '... and so nothing acknowledged is skipped at that point without one'
-            or diag show(@silent_epoch);
+            or diag first_lines(@silent_epoch);
         is scalar(grep { $_ } values %gapped), scalar(keys %gapped), "each stream got an sse-gap for shard 0's channel "
             . '(a failover costs one, README)';
     }

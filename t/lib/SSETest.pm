@@ -36,11 +36,13 @@ use Time::HiRes qw(time sleep);
 use parent 'Exporter';
 our @EXPORT = qw(
     start_redis start_nginx nginx_test_conf nginx_conf_text
-    sse_connect wait_clients wait_events
+    sse_connect wait_clients wait_events pump_for open_session_stream
     http_request http_connect form_urlencode redis_cmd redis_connect numsub wait_subscribed
-    free_port wait_until rss_kb children_of slurp
-    load_sse_function sse_publish start_publisher event_source wait_sources warm_up_sources
-    redis_info start_fake_server start_tcp_proxy
+    free_port wait_until rss_kb children_of slurp first_lines quantiles
+    load_sse_function sse_publish start_publisher start_publisher_process event_source wait_sources warm_up_sources
+    delivery_mismatches
+    redis_info reply_text start_fake_server start_tcp_proxy
+    have_auth_request bearer_maps auth_check_location start_auth_service auth_location auth_guard
 );
 
 our $REPO       = abs_path(dirname(__FILE__) . '/../..');
@@ -124,6 +126,21 @@ sub slurp {
     return defined $text ? $text : '';
 }
 
+# For a diag: the first ten of @lines, one a line, then "... (N in all)"
+# when there are more.
+sub first_lines {
+    my @l = @_;
+    return join "\n", @l[ 0 .. ($#l < 9 ? $#l : 9) ], (@l > 10 ? '... (' . @l . ' in all)' : ());
+}
+
+# Durations in seconds as 'first 0.12 s, median 0.34 s, last 0.56 s'
+# ('none' for none).
+sub quantiles {
+    my @v = sort { $a <=> $b } @_;
+    return 'none' unless @v;
+    return sprintf 'first %.2f s, median %.2f s, last %.2f s', $v[0], $v[ $#v / 2 ], $v[-1];
+}
+
 sub _spew {
     my ($path, $text) = @_;
     open my $fh, '>:raw', $path or die "cannot write $path: $!";
@@ -153,6 +170,29 @@ sub _spawn {
         open STDOUT, '>>', $log or POSIX::_exit(126);
         open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
         exec { $cmd[0] } @cmd or do { print STDERR "exec $cmd[0]: $!\n"; POSIX::_exit(127) };
+    }
+    $PROCESS_GROUPS{$pid} = 1;
+    return $pid;
+}
+
+# Forks a child in a process group of its own that runs $code->() and then
+# exits: 0, or 1 after printing "$name: <the error>" if $code died. It never
+# returns into the test code nor runs the test's END blocks, and it is killed
+# with everything else started here when the test file ends. With close_fds
+# => 1 it first closes every descriptor above 2 (the test's sockets, its
+# streams, stay the test's). Returns the pid.
+sub _fork_child {
+    my ($name, $code, %opt) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
+        $SIG{PIPE} = 'IGNORE';
+        if ($opt{close_fds}) { POSIX::close($_) for 3 .. 1023 }
+        my $ok = eval { $code->(); 1 };
+        print STDERR "$name: $@" unless $ok;
+        POSIX::_exit($ok ? 0 : 1);
     }
     $PROCESS_GROUPS{$pid} = 1;
     return $pid;
@@ -316,6 +356,10 @@ sub redis_info {
     return { map { /^([^:#\s]+):(.*?)\s*$/ ? ($1 => $2) : () } split /\n/, $text };
 }
 
+# A Redis reply as one string (nested arrays joined with spaces, nil as
+# ''), for a regex.
+sub reply_text { my ($r) = @_; return ref $r eq 'ARRAY' ? join(' ', map { reply_text($_) } @$r) : $r // '' }
+
 # Waits until `PUBSUB NUMSUB $channel` equals $count; true on success.
 sub wait_subscribed {
     my ($port, $channel, $count, $timeout) = @_;
@@ -340,17 +384,8 @@ sub start_fake_server {
         Proto => 'tcp', ReuseAddr => 1) or die "fake server: cannot listen: $!";
     my $port = $listener->sockport;
     $PORTS_GIVEN{$port}++;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
-        $SIG{PIPE} = 'IGNORE';
-        eval { _fake_server_loop($listener, $mode, $dir, $o{lifetime} || 300) };
-        POSIX::_exit(0);    # never the parent's END blocks
-    }
+    my $pid = _fork_child('fake server', sub { _fake_server_loop($listener, $mode, $dir, $o{lifetime} || 300) });
     close $listener;
-    $PROCESS_GROUPS{$pid} = 1;
     return bless { pid => $pid, port => $port, dir => $dir, mode => $mode }, 'SSETest::FakeServer';
 }
 
@@ -454,18 +489,8 @@ sub start {
         Time::HiRes::sleep(0.1);
     }
     die "tcp proxy: cannot listen on port $self->{port}: $!" unless $listener;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
-        $SIG{PIPE} = 'IGNORE';
-        eval { SSETest::_tcp_proxy_loop($listener, $self->{to}) };
-        POSIX::_exit(0);    # never the parent's END blocks
-    }
+    $self->{pid} = SSETest::_fork_child('tcp proxy', sub { SSETest::_tcp_proxy_loop($listener, $self->{to}) });
     close $listener;
-    $PROCESS_GROUPS{$pid} = 1;
-    $self->{pid} = $pid;
     return $self;
 }
 
@@ -838,10 +863,10 @@ sub error_log_since {
 }
 
 # workers_of(@connections): for each SSETest::Client or SSETest::HTTPConn
-# (anything with an open {sock}), the pid of the worker of this nginx that
-# holds its server side: the socket whose peer is the client's port (from
-# /proc/net/tcp) is in exactly one worker's descriptor table. undef where it
-# cannot be told (connection closed, /proc not readable).
+# (anything with an open {sock}), or socket, the pid of the worker of this
+# nginx that holds its server side: the socket whose peer is the client's
+# port (from /proc/net/tcp) is in exactly one worker's descriptor table.
+# undef where it cannot be told (connection closed, /proc not readable).
 sub workers_of {
     my ($self, @conns) = @_;
     my %inode_worker;
@@ -864,10 +889,21 @@ sub workers_of {
         }
     }
     return map {
-        my $p = $_->{sock} ? $_->{sock}->sockport : undef;
+        my $sock = Scalar::Util::blessed($_) && $_->isa('IO::Socket') ? $_ : $_->{sock};
+        my $p = $sock ? $sock->sockport : undef;
         my $inode = defined $p ? $inode_of_client_port{$p} : undef;
         defined $inode ? $inode_worker{$inode} : undef;
     } @conns;
+}
+
+# worker_of($connection, $timeout): the pid of the worker holding one
+# connection (as for workers_of), waiting up to $timeout s (default 3) for a
+# worker to have accepted it; undef if it cannot be told.
+sub worker_of {
+    my ($self, $conn, $timeout) = @_;
+    my $pid;
+    SSETest::wait_until(sub { ($pid) = $self->workers_of($conn); defined $pid }, $timeout // 3);
+    return $pid;
 }
 
 # Lines of error.log at [alert] or [emerg] (should be none, ever).
@@ -962,6 +998,99 @@ sub DESTROY {
     # During global destruction the test has ended: nothing can be reported.
     if (${^GLOBAL_PHASE} eq 'DESTRUCT') { SSETest::_stop_group($self->{pid}, 'TERM', 10); return }
     $self->stop('end of scope');
+}
+
+# ---------------------------------------------------------------------------
+# An auth service for auth_request: the user and the grants of a stream come
+# from the answer (X-Datashop-User, X-Datashop-Channels) of a location that
+# auth_request asks
+# ---------------------------------------------------------------------------
+
+package SSETest;
+
+# have_auth_request(): whether $NGINX_BIN is built with
+# http_auth_request_module (not every build is: ngx's vendored nginx lacks
+# it). Without it, auth_guard() takes the user and the grants straight from
+# maps in the streaming nginx.
+my $HAVE_AUTH_REQUEST;
+sub have_auth_request {
+    unless (defined $HAVE_AUTH_REQUEST) {
+        my (undef, $v) = _run_capture($NGINX_BIN, '-V');
+        $HAVE_AUTH_REQUEST = $v =~ /--with-http_auth_request_module\b/ ? 1 : 0;
+    }
+    return $HAVE_AUTH_REQUEST;
+}
+
+# bearer_maps(user => 'grants', ...): http-level map blocks by which the
+# header "Authorization: Bearer <user>-token" sets $auth_user to <user> and
+# $auth_grants to its grants (both "" for any other header).
+sub bearer_maps {
+    my (%g) = @_;
+    my $users  = join '', map { qq{        "Bearer $_-token" $_;\n} } sort keys %g;
+    my $grants = join '', map { qq{        "Bearer $_-token" "$g{$_}";\n} } sort keys %g;
+    return "    map \$http_authorization \$auth_user {\n$users        default \"\";\n    }\n"
+         . "    map \$http_authorization \$auth_grants {\n$grants        default \"\";\n    }\n";
+}
+
+# auth_check_location(): the auth service's `location = /check` (text for a
+# server block), answering from the maps' $auth_user and $auth_grants: 401
+# without a user, else 204 with X-Datashop-User and X-Datashop-Channels.
+sub auth_check_location {
+    return q{
+        location = /check {
+            if ($auth_user = "") { return 401; }
+            add_header X-Datashop-User $auth_user;
+            add_header X-Datashop-Channels $auth_grants;
+            return 204;
+        }
+};
+}
+
+# start_auth_service(http => $maps, server => $directives): the auth
+# service, an nginx of its own (one worker, no module, no Redis) serving
+# auth_check_location(); http is its http-level text (the maps), server more
+# directives for its server block. Returns the SSETest::Nginx (a test
+# changes the answers with ->write_conf(http => ...) and ->reload).
+sub start_auth_service {
+    my (%o) = @_;
+    return start_nginx(module => undef, redis_url => undef, workers => 1, http => $o{http},
+        server => ($o{server} // '') . auth_check_location());
+}
+
+# auth_location($auth_port): `location = /_auth` (text for a server block),
+# the internal location auth_guard()'s auth_request asks: it passes the
+# request's headers, not its body, to /check on 127.0.0.1:$auth_port.
+sub auth_location {
+    my ($auth_port) = @_;
+    return qq{
+        location = /_auth {
+            internal;
+            proxy_pass http://127.0.0.1:$auth_port/check;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }};
+}
+
+# auth_guard(grants => 0): the directives that protect a streaming location
+# (text for inside it). With auth_request (have_auth_request()), the user
+# and the grants (sse_user, sse_allow) come from /_auth's answer (the server
+# also needs auth_location()); without, from the maps' $auth_user and
+# $auth_grants (the streaming nginx then needs the maps). grants => 0 leaves
+# sse_allow out (only the user).
+sub auth_guard {
+    my (%o) = @_;
+    my $grants = $o{grants} // 1;
+    return have_auth_request()
+        ? q{
+            auth_request /_auth;
+            auth_request_set $sse_user   $upstream_http_x_datashop_user;}
+          . ($grants ? q{
+            auth_request_set $sse_grants $upstream_http_x_datashop_channels;
+            sse_allow $sse_grants;} : '') . q{
+            sse_user  $sse_user;}
+        : ($grants ? q{
+            sse_allow $auth_grants;} : '') . q{
+            sse_user  $auth_user;};
 }
 
 # ---------------------------------------------------------------------------
@@ -1194,6 +1323,46 @@ sub wait_clients {
 sub wait_events {
     my ($clients, $n, $timeout) = @_;
     return wait_clients($clients, sub { $_[0]->pending_events >= $n }, $timeout);
+}
+
+# pump_for(\@clients, $seconds, $tick): reads every client for $seconds, or
+# until $tick->() returns true (it is called about every 10 ms). Returns
+# whether $tick returned true.
+sub pump_for {
+    my ($clients, $seconds, $tick) = @_;
+    my $end = time + $seconds;
+    while (time < $end) {
+        my %by = map { (0 + $_->{sock} => $_) } grep { $_->{sock} } @$clients;
+        if (%by) { $by{ 0 + $_ }->pump for IO::Select->new(map { $_->{sock} } values %by)->can_read(0.01) }
+        else     { sleep 0.01 }
+        return 1 if $tick && $tick->();
+    }
+    return 0;
+}
+
+# open_session_stream($nginx, $path, worker => $pid, headers => {...}): a
+# stream (SSETest::Client) on $path of a location with `sse_session on`.
+# With worker, it is held by that worker of $nginx (with reuseport the kernel
+# spreads connections over the workers: streams that land elsewhere are
+# closed and opened again). Its first event, read here, must be
+# sse-session. Returns the client with {worker} (the pid holding it) and
+# {token} (the sse-session data); dies when the answer is not 200 or the
+# first event is not sse-session.
+sub open_session_stream {
+    my ($nginx, $path, %o) = @_;
+    for (1 .. 64) {
+        my $c = sse_connect($nginx->port, $path, headers => $o{headers} || {});
+        my $status = $c->status(5);
+        die "GET $path: $status " . $c->body_head . "\n" unless $status == 200;
+        my $w = $nginx->worker_of($c);
+        if (defined $o{worker} && (!defined $w || $w != $o{worker})) { $c->close; next }
+        my $first = $c->next_event(5);
+        die "the stream $path did not start with sse-session\n"
+            unless $first && $first->{event} eq 'sse-session';
+        @$c{qw(worker token)} = ($w, $first->{data});
+        return $c;
+    }
+    die "could not open a stream on worker $o{worker}\n";
 }
 
 package SSETest::Client;
@@ -1558,21 +1727,21 @@ sub sse_publish {
 # { accepted => [[channel, n, id, time], ...] (in publish order), unknown =>
 # [[channel, n], ...], failures => attempts that failed, failed_first /
 # failed_last => times of the first and last failure }.
-sub start_publisher {
-    my (%o) = @_;
+sub start_publisher { return start_publisher_process('SSETest::Publisher', \&_publisher_loop, {@_}) }
+
+# start_publisher_process($class, $loop, \%options, close_fds => 1): the
+# common part of the publishers (this file's, and those of t/31 and the
+# cluster tests): forks a child (see _fork_child; close_fds is passed on)
+# that runs $loop->($dir, %options), where $dir is a fresh temporary
+# directory: the loop writes its log to $dir/log and returns once $dir/stop
+# exists. Returns a $class object (SSETest::Publisher or a subclass that
+# reads its own log format in results()) with pid, dir and tag ($options{tag},
+# '' if none).
+sub start_publisher_process {
+    my ($class, $loop, $o, %opt) = @_;
     my $dir = _tempdir('publisher');
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP QUIT);
-        $SIG{PIPE} = 'IGNORE';
-        my $ok = eval { _publisher_loop($dir, %o); 1 };
-        print STDERR "publisher: $@" unless $ok;
-        POSIX::_exit($ok ? 0 : 1);    # never the parent's END blocks
-    }
-    $PROCESS_GROUPS{$pid} = 1;
-    return bless { pid => $pid, dir => $dir }, 'SSETest::Publisher';
+    my $pid = _fork_child('publisher', sub { $loop->($dir, %$o) }, close_fds => $opt{close_fds});
+    return bless { pid => $pid, dir => $dir, tag => $o->{tag} // '' }, $class;
 }
 
 sub _publisher_loop {
@@ -1623,6 +1792,9 @@ sub _publisher_loop {
 }
 
 package SSETest::Publisher;
+
+# A publisher child (start_publisher_process): stop() and DESTROY for all of
+# them; results() reads start_publisher's log (subclasses read their own).
 
 use Time::HiRes qw(time sleep);
 
@@ -1711,6 +1883,36 @@ sub warm_up_sources {
         last if $ready == @$sources;
     }
     return $ready;
+}
+
+# delivery_mismatches(\@sources, describe => sub { ... }): compares what
+# each EventSource client got, as "event|data|id" lines (warm-up messages
+# left out; id '-' when none), with its {want} (the same lines, in order).
+# Returns (\@gapped, \@duplicated, \@wrong): the indexes of the clients that
+# got an sse-gap, of those that got a line twice, and for each client whose
+# lines differ from {want} a description: "client <i> (<channels><extra>):
+# N events, M expected; missing ...; extra ...; duplicated ...", where
+# <extra> is describe->($client) ('' without describe).
+sub delivery_mismatches {
+    my ($sources, %o) = @_;
+    my (@wrong, @gaps, @dups);
+    for my $i (0 .. $#$sources) {
+        my $es  = $sources->[$i];
+        my @got = map { join '|', $_->{event}, $_->{data}, $_->{id} // '-' } grep { $_->{data} ne 'warmup' } $es->all_events;
+        push @gaps, $i if grep { /^sse-gap\|/ } @got;
+        my %n;
+        push @dups, $i if grep { $n{$_}++ } @got;
+        next if join("\n", @got) eq join("\n", @{ $es->{want} });
+        my %have = map { $_ => 1 } @got;
+        my %want = map { $_ => 1 } @{ $es->{want} };
+        my @missing = grep { !$have{$_} } @{ $es->{want} };
+        my @extra   = grep { !$want{$_} } @got;
+        push @wrong, sprintf "client %d (%s%s): %d events, %d expected; missing %d [%s]; extra %d [%s]; duplicated %d",
+            $i, join(',', @{ $es->{chans} }), $o{describe} ? $o{describe}->($es) : '', scalar(@got),
+            scalar(@{ $es->{want} }), scalar(@missing), join(' ', @missing[0 .. ($#missing < 5 ? $#missing : 5)]),
+            scalar(@extra), join(' ', @extra[0 .. ($#extra < 5 ? $#extra : 5)]), scalar(grep { $n{$_} > 1 } keys %n);
+    }
+    return (\@gaps, \@dups, \@wrong);
 }
 
 package SSETest::EventSource;
