@@ -541,11 +541,15 @@ ok @{ $before->{acked} } >= $RATE, scalar(@{ $before->{acked} }) . ' messages ac
 # replica: the replica can no longer authenticate to resync (a wrong
 # masterauth), so what the master acknowledges meanwhile dies with it. The
 # streams still get those messages live; the new master never has them.
+# What was acknowledged before the cut reached the replica (replication is
+# asynchronous: wait for it, so that only later messages can be lost).
+my $cut_at = $pub->results->{acked}[-1]{id};
+ok wait_until(sub { (eval { redis_cmd($R, GET => 'sse:seq') } // 0) >= $cut_at }, 2),
+    "the replica has every message up to id $cut_at";
 redis_cmd($R, CONFIG => SET => masterauth => 'not-the-password');
 redis_cmd($M, CLIENT => KILL => TYPE => 'replica');
 ok wait_until(sub { (eval { redis_info($R, 'replication')->{master_link_status} } // '') eq 'down' }, 2),
     'replication cut';
-my $cut_at = $pub->results->{acked}[-1]{id};
 wait_sources(\@clients, sub { 0 }, 0.5);
 
 my $mpid = redis_info($M, 'server')->{process_id};
