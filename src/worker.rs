@@ -423,7 +423,8 @@ fn on_redis_event(link: Link, event: RedisEvent, ev: *mut ngx_event_t) {
             }
         }
         if effects.reask_master {
-            if let Some(sentinel) = w.sentinel.as_mut() {
+            // (A watch that is reconnecting asks anyway.)
+            if let Some(sentinel) = w.sentinel.as_mut().filter(|s| s.is_ready()) {
                 sentinel.restart();
             }
         }

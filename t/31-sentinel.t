@@ -841,4 +841,32 @@ subtest 'a Sentinel that names a replica: nginx checks ROLE and asks again' => s
     $m->stop;
 };
 
+# ---------------------------------------------------------------------------
+# 8. An ACL user that may not run ROLE: the check is skipped, with a warning
+# ---------------------------------------------------------------------------
+
+subtest 'an ACL user without ROLE: a warning, and Sentinel is trusted' => sub {
+    my $m = start_redis();
+    redis_cmd($m->port, ACL => SETUSER => 'sse', 'on', '>sse-pw', '~*', '&*', '+@all', '-role');
+    my ($s) = start_sentinels(master_port => $m->port, count => 1, down_after => 60_000);
+    my $n = start_nginx(workers => 1,
+        redis_url => "redis-sentinel://sse:sse-pw\@127.0.0.1:$s->{port}/$SERVICE",
+        server => q{ location = /events { sse_channel $arg_channels; sse_history on; } });
+    ok wait_until(sub { $n->error_log =~ /redis did not answer ROLE \(NOPERM[^)]*\); cannot check/ }, 10),
+        'the worker warns that it cannot check the role' or diag $n->error_log;
+    my $c = sse_connect($n->port, '/events?channels=acl:a');
+    ok wait_subscribed($m, 'acl:a', 1, 10), 'the stream is subscribed on the master';
+    ok wait_until(sub { reply_text(eval { redis_cmd($m->port, FUNCTION => 'LIST') }) =~ /nginx_sse/ }, 10),
+        'the commands connection went on and loaded the functions';
+    my $id = sse_publish($m, 'acl:a', 'hello');
+    my $e = $c->next_event(5);
+    is $e && "$e->{data}|$e->{own_id}", "hello|$id", 'the stream gets the event with its id';
+    is scalar(() = $n->error_log =~ /did not answer ROLE/g), 1, 'the warning is logged once';
+    unlike $n->error_log, qr/asking Sentinel again/, 'and the master is not refused';
+    $c->close;
+    $n->stop;
+    stop_sentinels($s);
+    $m->stop;
+};
+
 done_testing;

@@ -81,6 +81,8 @@ pub struct Commands {
     lost_publishes: Vec<u64>,
     /// The last refusal of FUNCTION LOAD logged (each distinct one once).
     function_error: Vec<u8>,
+    /// Whether an unanswered ROLE was logged (once per worker).
+    role_warned: bool,
 }
 
 impl Commands {
@@ -94,6 +96,7 @@ impl Commands {
             lost: Vec::new(),
             lost_publishes: Vec::new(),
             function_error: Vec::new(),
+            role_warned: false,
         }
     }
 }
@@ -177,19 +180,30 @@ impl<S: CommandsSink + ?Sized> Protocol<S> for Commands {
         match (self.pending.pop_front(), value) {
             (Some(Pending::Request(request)), _) => sink.reply(request, value),
             (Some(Pending::Topology), _) => sink.topology(value),
-            (Some(Pending::Role), _) => {
-                let role = match value {
-                    Value::Array(Some(items)) => items.first().and_then(Value::as_bytes),
-                    _ => None,
-                };
-                if role != Some(b"master") {
+            (Some(Pending::Role), Value::Array(Some(items))) => {
+                let role = items.first().and_then(Value::as_bytes).unwrap_or(b"?");
+                if role != b"master" {
                     sink.not_master();
-                    let role = role.map_or("not a master".into(), |r| {
-                        format!("a {}", String::from_utf8_lossy(r))
-                    });
                     return Err(format!(
-                        "is {role}, not the master Sentinel named; asking Sentinel again"
+                        "is a {}, not the master Sentinel named; asking Sentinel again",
+                        String::from_utf8_lossy(role)
                     ));
+                }
+            }
+            (Some(Pending::Role), reply) => {
+                // Not answered (ROLE is in @admin: a least-privilege ACL
+                // user may not run it): trust Sentinel, as without the check.
+                if !self.role_warned {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        cycle_log(),
+                        "sse: redis did not answer ROLE ({}); cannot check that Sentinel's master is one (allow +role to the user)",
+                        match reply {
+                            Value::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
+                            _ => "an unexpected reply".to_string(),
+                        }
+                    );
+                    self.role_warned = true;
                 }
             }
             (Some(Pending::Publish(tag)), _) => {

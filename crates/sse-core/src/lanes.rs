@@ -51,6 +51,19 @@ pub struct Lane {
     held: Vec<(u64, Frame)>,
 }
 
+impl Lane {
+    /// Where a read of this lane starts: after its position, or as a new
+    /// stream's lane if that was never known (never from 0: that would
+    /// replay the channel's whole history).
+    fn resume_point(&self) -> Resume {
+        if self.known {
+            Resume::After(self.position)
+        } else {
+            Resume::Fresh
+        }
+    }
+}
+
 /// A stream's lanes, sorted by channel name (the order of the id vector).
 pub struct Lanes {
     lanes: Vec<Lane>,
@@ -124,7 +137,8 @@ impl Lanes {
             counted: resume.is_none(),
             malformed,
             generations: 0,
-            id_sent: false,
+            // A resuming client holds an id (its own, or one we cannot read).
+            id_sent: resume.is_some(),
         }
     }
 
@@ -179,7 +193,7 @@ impl Lanes {
         let generation = self.next_generation();
         if let Some(l) = self.lanes.get_mut(lane) {
             if l.phase == LanePhase::Live {
-                l.start = Some(Resume::After(l.position));
+                l.start = Some(l.resume_point());
             }
             l.generation = generation;
             l.phase = LanePhase::AwaitingBarrier(token);
@@ -246,7 +260,7 @@ impl Lanes {
         let generation = self.next_generation();
         if let Some(l) = self.lanes.get_mut(lane) {
             // A live lane reads from where it is.
-            l.start.get_or_insert(Resume::After(l.position));
+            l.start.get_or_insert(l.resume_point());
             l.generation = generation;
             l.phase = LanePhase::AwaitingBarrier(token);
         }
@@ -354,7 +368,10 @@ impl Lanes {
                 problem: None,
             };
         };
-        let start = l.start.take().unwrap_or(Resume::After(l.position));
+        let start = l.start.take().unwrap_or(l.resume_point());
+        // What the client holds for this lane: unless an event moves it, an
+        // id-only line tells it where the lane ends up.
+        let client_holds = (l.known, l.position);
         let mut problem = None;
         let mut failed = false;
         let (seq, entries) = match value {
@@ -365,6 +382,8 @@ impl Lanes {
                         .as_bytes()
                         .and_then(crate::envelope::parse_id)
                         .unwrap_or_else(|| {
+                            // Not a sequence to number from: a failed read.
+                            failed = true;
                             problem = Some("sequence is not a number".to_string());
                             0
                         }),
@@ -417,7 +436,6 @@ impl Lanes {
             Resume::Fresh | Resume::Malformed => l.position = l.position.max(seq),
         }
         l.phase = LanePhase::Live;
-        let was_known = l.known;
         l.known |= !failed;
         let final_position = l.position;
 
@@ -473,10 +491,13 @@ impl Lanes {
                 gap = true;
             }
         }
-        // The client holds `-` for this lane and no event told it where
-        // the lane is: an id-only block does.
-        let learned = !was_known && self.lanes.get(lane).is_some_and(|l| l.known);
-        if learned && sent == 0 && self.id_sent {
+        // No event told the client where the lane is now (it held `-`, or
+        // Redis' sequence went back): an id-only block does.
+        let moved = self
+            .lanes
+            .get(lane)
+            .is_some_and(|l| (l.known, l.position) != client_holds);
+        if moved && sent == 0 && self.id_sent {
             out.push(self.id_frame());
         }
         Completed {
@@ -691,6 +712,50 @@ mod tests {
         let mut fresh = Lanes::new(a, None, 0);
         read(&mut fresh, 0, &Value::Array(None), 1 << 20);
         assert!(fresh.id().ends_with(".-"), "{}", fresh.id());
+    }
+
+    #[test]
+    fn an_unknown_lane_is_never_read_from_zero() {
+        let mut lanes = Lanes::new(names(&["a"]), None, 0);
+        // Its read fails (EXECABORT in a migration): it goes live, unknown.
+        read(&mut lanes, 0, &Value::Error(b"EXECABORT"), 1 << 20);
+        // Its shard's subscriber comes back: the catch-up is a fresh read.
+        lanes.restart(0, 2);
+        assert_eq!(reads_after(&mut lanes, 0), None);
+        // A sequence that is no number is a failed read too.
+        let bad = Value::Array(Some(vec![Value::Bulk(Some(b"x")), Value::Array(None)]));
+        let done = read(&mut lanes, 0, &bad, 1 << 20);
+        assert!(done.problem.is_some());
+        assert!(lanes.id().ends_with(".-"), "{}", lanes.id());
+    }
+
+    #[test]
+    fn a_resumed_client_learns_a_lane_it_held_as_unknown() {
+        let ab = names(&["a", "b"]);
+        let held = position::encode(&ab, &[Some(5), None]);
+        let mut lanes = Lanes::new(ab, Some(held.as_bytes()), 0);
+        let done = read(&mut lanes, 0, &reply(5, &[], b"x"), 1 << 20);
+        assert!(done.frames.is_empty(), "a at 5, as the client holds");
+        let done = read(&mut lanes, 1, &reply(9, &[], b"x"), 1 << 20);
+        assert!(
+            text(&done.frames).ends_with(".5.9\n\n"),
+            "{}",
+            text(&done.frames)
+        );
+    }
+
+    #[test]
+    fn a_client_ahead_of_redis_is_told_where_the_sequence_is() {
+        // Redis lost the channel's sequence (100 -> 10): nothing to send,
+        // but the client must not keep 100 (events 11..100 would be skipped
+        // on its next resume).
+        let a = names(&["a"]);
+        let resume = position::encode(&a, &[Some(100)]);
+        let mut lanes = Lanes::new(a, Some(resume.as_bytes()), 0);
+        let done = read(&mut lanes, 0, &reply(10, &[], b"x"), 1 << 20);
+        let sent = text(&done.frames);
+        assert!(sent.starts_with("event: sse-gap\ndata: a\n\n"), "{sent}");
+        assert!(sent.ends_with(".10\n\n"), "{sent}");
     }
 
     #[test]
