@@ -418,14 +418,13 @@ impl Stream {
             }
             return;
         }
+        // The event and its id line (and a gap notice) go whole, or the
+        // stream is over its backlog and ends.
         let frames = lanes.live(lane, id, body, scratch);
-        if !frames.is_empty() {
+        let len = frames.iter().map(Frame::len).sum();
+        if !frames.is_empty() && self.owe(len) {
             metrics::count(Counter::EventsSent, 1);
-        }
-        for frame in frames {
-            if self.owe(frame.len()) {
-                self.queue.push_back(frame);
-            }
+            self.queue.extend(frames);
         }
     }
 
