@@ -136,17 +136,8 @@ refused here).
 -- which may have lost the writes that followed the migration). Anything
 -- else is treated as a failover: a new epoch, so a gap is reported rather
 -- than a loss hidden.
--- This node's cluster id (nil on a Redis without cluster support, where the
--- one-key form still works, with epochs as before).
-local function my_id()
-  local id = redis.pcall('CLUSTER', 'MYID')
-  if type(id) == 'string' then return id end
-  return nil
-end
-
 local function migrated_from(writer, info)
-  local me = my_id()
-  if not writer or not me or writer == me then return false end
+  if not writer or writer == redis.call('CLUSTER', 'MYID') then return false end
   if string.match(info, 'second_repl_offset:(%-?%d+)') ~= '-1' then return false end
   for line in string.gmatch(redis.call('CLUSTER', 'NODES'), '[^\n]+') do
     local id, flags = string.match(line, '^(%x+) %S+ (%S+)')
@@ -186,9 +177,7 @@ local function publish_sharded(key, args)
       seq = string.format('%d', (math.floor(tonumber(seq) / EPOCH) + 1) * EPOCH)
       redis.call('HSET', state, 'n', seq)
     end
-    redis.call('HSET', state, 'r', now)
-    local me = my_id()
-    if me then redis.call('HSET', state, 'w', me) end
+    redis.call('HSET', state, 'r', now, 'w', redis.call('CLUSTER', 'MYID'))
   end
   local id = redis.call('HINCRBY', state, 'n', 1)
   local prev = prev_in_epoch(id, seq)
