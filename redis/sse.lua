@@ -113,42 +113,15 @@ end
 Redis Cluster: FCALL sse_publish 1 <P>:{<channel>}:s <payload> [options]
 The key is the channel's state, a hash that shares the channel's slot ({channel}
 is its hash tag): n = the channel's sequence, r = the replication id of the
-node that issued it, w = that node's cluster id; the history is the Redis
-Stream <P>:{<channel>}:h. Naming
+node that issued it; the history is the Redis Stream <P>:{<channel>}:h. Naming
 the real key lets the cluster run the call where the key is, also while its
 slot migrates (a name that no key has would be sent to the importing node
 before the history has moved there). The event is published with SPUBLISH
 (sharded pub/sub). Epochs are always on: the first publish on a node whose
 replication id is not the one recorded (a promoted replica, a restarted node)
-moves the channel's sequence to the next multiple of 10^12, except after a
-slot migration (see migrated_from). The prefix comes from the key (prefix= is
-refused here).
+moves the channel's sequence to the next multiple of 10^12. The prefix comes
+from the key (prefix= is refused here).
 ]]
-
--- Whether the channel's keys came to this node whole, by a slot migration,
--- from `writer` (the node that last published on it): then no write can be
--- missing (MIGRATE moves keys atomically, and the source answers ASK or MOVED
--- for them from then on) and the sequence goes on without a new epoch.
--- Only when everything says so: the writer is another node, a master that is
--- not failing (a master that failed over is marked fail, or is a replica
--- now), and this node has one replication history (second_repl_offset -1: it
--- was never a promoted replica nor restarted from a snapshot, either of
--- which may have lost the writes that followed the migration). Anything
--- else is treated as a failover: a new epoch, so a gap is reported rather
--- than a loss hidden.
-local function migrated_from(writer, info)
-  if not writer or writer == redis.call('CLUSTER', 'MYID') then return false end
-  if string.match(info, 'second_repl_offset:(%-?%d+)') ~= '-1' then return false end
-  for line in string.gmatch(redis.call('CLUSTER', 'NODES'), '[^\n]+') do
-    local id, flags = string.match(line, '^(%x+) %S+ (%S+)')
-    if id == writer then
-      return (',' .. flags .. ','):find(',master,', 1, true) ~= nil
-        and not flags:find('fail', 1, true)
-        and not flags:find('noaddr', 1, true)
-    end
-  end
-  return false
-end
 local function publish_sharded(key, args)
   local prefix, channel = string.match(key, '^(.-):{(.*)}:s$')
   local payload = args[1]
@@ -168,16 +141,14 @@ local function publish_sharded(key, args)
   end
   o.prefix = prefix
   local state, stream = key, prefix .. ':{' .. channel .. '}:h'
-  local info = redis.call('INFO', 'replication')
-  local now = string.match(info, 'master_replid:(%x+)')
+  local now = replid()
   local seq = redis.call('HGET', state, 'n') or '0'
   if redis.call('HGET', state, 'r') ~= now then
-    local writer = redis.call('HGET', state, 'w')
-    if tonumber(seq) > 0 and not migrated_from(writer, info) then
+    if tonumber(seq) > 0 then
       seq = string.format('%d', (math.floor(tonumber(seq) / EPOCH) + 1) * EPOCH)
       redis.call('HSET', state, 'n', seq)
     end
-    redis.call('HSET', state, 'r', now, 'w', redis.call('CLUSTER', 'MYID'))
+    redis.call('HSET', state, 'r', now)
   end
   local id = redis.call('HINCRBY', state, 'n', 1)
   local prev = prev_in_epoch(id, seq)
