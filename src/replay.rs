@@ -39,9 +39,6 @@ pub enum RequestKind {
     Last(usize),
 }
 
-/// Most entries read per channel in one replay.
-const MAX_REPLAY: usize = 100_000;
-
 /// What becomes of a live event on a stream that keeps history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Live {
@@ -192,42 +189,19 @@ impl Replay {
         )];
         for (i, (channel, start)) in self.reading.iter().enumerate() {
             let key = [format!("{prefix}:h:").as_bytes(), channel].concat();
-            match *start {
-                Resume::After(since) => {
-                    out.push((
-                        RequestKind::Range(i),
-                        // Newest first: if COUNT cuts, the oldest go, and
-                        // the gap check (first entry's `p`) reports it.
-                        vec![
-                            b"XREVRANGE".to_vec(),
-                            key,
-                            b"+".to_vec(),
-                            format!("({since}-0").into_bytes(),
-                            b"COUNT".to_vec(),
-                            MAX_REPLAY.to_string().into_bytes(),
-                        ],
-                    ));
-                    out.push((
-                        RequestKind::Last(i),
-                        vec![
-                            b"HGET".to_vec(),
-                            format!("{prefix}:last").into_bytes(),
-                            channel.to_vec(),
-                        ],
-                    ));
-                }
-                Resume::Fresh | Resume::Malformed if self.start_last > 0 => out.push((
-                    RequestKind::Range(i),
+            if let Some(read) = history::range_read(key, *start, self.start_last) {
+                out.push((RequestKind::Range(i), read));
+            }
+            if matches!(start, Resume::After(_)) {
+                // Its last id, for the gap check.
+                out.push((
+                    RequestKind::Last(i),
                     vec![
-                        b"XREVRANGE".to_vec(),
-                        key,
-                        b"+".to_vec(),
-                        b"-".to_vec(),
-                        b"COUNT".to_vec(),
-                        self.start_last.to_string().into_bytes(),
+                        b"HGET".to_vec(),
+                        format!("{prefix}:last").into_bytes(),
+                        channel.to_vec(),
                     ],
-                )),
-                Resume::Fresh | Resume::Malformed => {}
+                ));
             }
         }
         out

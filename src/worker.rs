@@ -517,7 +517,7 @@ impl Worker {
             }
             // A shard sent channels away: read the topology now (while it
             // stays unsettled, the topology timer reads it every 0.5 s).
-            if !effects.moved.is_empty() || moved_now {
+            if moved_now {
                 if let Some(commands) = self.commands.as_mut() {
                     commands.ask_topology();
                 }

@@ -297,6 +297,30 @@ pub fn plan_each<'a>(
     }
 }
 
+/// Most entries read per channel in one replay.
+pub const MAX_REPLAY: usize = 100_000;
+
+/// The read of a channel's history `stream` (a Redis Stream key) for a
+/// replay from `start`: after the position, or the last `start_last`
+/// entries of a new stream (`None`: nothing to read). Newest first: if
+/// COUNT cuts, the oldest go, and the gap check (the first entry's `p`)
+/// reports it.
+pub fn range_read(stream: Vec<u8>, start: Resume, start_last: usize) -> Option<Vec<Vec<u8>>> {
+    let (from, count) = match start {
+        Resume::After(since) => (format!("({since}-0"), MAX_REPLAY),
+        Resume::Fresh | Resume::Malformed if start_last > 0 => ("-".to_string(), start_last),
+        Resume::Fresh | Resume::Malformed => return None,
+    };
+    Some(vec![
+        b"XREVRANGE".to_vec(),
+        stream,
+        b"+".to_vec(),
+        from.into_bytes(),
+        b"COUNT".to_vec(),
+        count.to_string().into_bytes(),
+    ])
+}
+
 /// The `sse-gap` event naming these channels.
 pub fn gap_frame(scratch: &mut Vec<u8>, names: &[&[u8]]) -> Frame {
     Frame::encode(scratch, |out| {
@@ -436,6 +460,27 @@ mod tests {
         assert!(!crosses_epoch(Some(Resume::Fresh), next, 0, None, next));
         // Within one epoch.
         assert!(!crosses_epoch(Some(Resume::After(7)), 9, 0, Some(8), 9));
+    }
+
+    #[test]
+    fn range_reads_after_the_position_or_the_last_n() {
+        let text = |r: Option<Vec<Vec<u8>>>| {
+            r.map(|r| {
+                r.iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        };
+        assert_eq!(
+            text(range_read(b"h".to_vec(), Resume::After(7), 5)).as_deref(),
+            Some("XREVRANGE h + (7-0 COUNT 100000")
+        );
+        assert_eq!(
+            text(range_read(b"h".to_vec(), Resume::Fresh, 5)).as_deref(),
+            Some("XREVRANGE h + - COUNT 5")
+        );
+        assert_eq!(text(range_read(b"h".to_vec(), Resume::Malformed, 0)), None);
     }
 
     #[test]

@@ -21,9 +21,6 @@ use crate::metrics::Counter;
 use crate::position;
 use crate::resp::Value;
 
-/// Most entries read per channel in one replay.
-const MAX_REPLAY: usize = 100_000;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LanePhase {
     /// Waiting for the barrier `token` on the lane's shard.
@@ -226,8 +223,7 @@ impl Lanes {
                     let mut lane = old.swap_remove(j);
                     // Replies to reads in flight name the old index.
                     if lane.phase != LanePhase::Live {
-                        lane.generation = self.generations.wrapping_add(1);
-                        self.generations = lane.generation;
+                        lane.generation = self.next_generation();
                         lane.phase = LanePhase::AwaitingBarrier(0);
                         fresh.push(i);
                     }
@@ -237,16 +233,16 @@ impl Lanes {
                     // Read even without sse_history_start: the channel's
                     // sequence is the lane's position from then on.
                     fresh.push(i);
+                    let generation = self.next_generation();
                     self.lanes.push(Lane {
                         name,
                         position: 0,
                         known: false,
                         start: Some(Resume::Fresh),
                         phase: LanePhase::AwaitingBarrier(0),
-                        generation: self.generations.wrapping_add(1),
+                        generation,
                         held: Vec::new(),
                     });
-                    self.generations = self.generations.wrapping_add(1);
                 }
             }
         }
@@ -282,24 +278,8 @@ impl Lanes {
         let state = [&base[..], b":s"].concat();
         let stream = [&base[..], b":h"].concat();
         let mut out = vec![vec![b"HGET".to_vec(), state, b"n".to_vec()]];
-        match l.start {
-            Some(Resume::After(since)) => out.push(vec![
-                b"XREVRANGE".to_vec(),
-                stream,
-                b"+".to_vec(),
-                format!("({since}-0").into_bytes(),
-                b"COUNT".to_vec(),
-                MAX_REPLAY.to_string().into_bytes(),
-            ]),
-            Some(Resume::Fresh | Resume::Malformed) if start_last > 0 => out.push(vec![
-                b"XREVRANGE".to_vec(),
-                stream,
-                b"+".to_vec(),
-                b"-".to_vec(),
-                b"COUNT".to_vec(),
-                start_last.to_string().into_bytes(),
-            ]),
-            _ => {}
+        if let Some(start) = l.start {
+            out.extend(history::range_read(stream, start, start_last));
         }
         out
     }
